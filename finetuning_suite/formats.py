@@ -1,0 +1,129 @@
+"""Dataset formats, detected from the columns, and their canonical form.
+
+Every row becomes one of three canonical shapes before tokenization:
+- `{"text": ...}`: plain text, every token trained;
+- `{"prompt": ..., "completion": ...}`: loss on the completion only (by default);
+- `{"messages": [{"role", "content"}, ...]}`: loss on the assistant turns only (by default).
+"""
+from __future__ import annotations
+
+from .errors import DatasetError
+
+ROLES = ("system", "user", "assistant", "tool")
+_SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                   "system": "system", "tool": "tool"}
+
+# format name -> the columns that identify it (first match wins, in this order)
+FORMATS = {
+    "messages": ("messages",),
+    "sharegpt": ("conversations",),
+    "alpaca": ("instruction", "output"),
+    "prompt_completion": ("prompt", "completion"),
+    "input_output": ("input", "output"),
+    "source_target": ("source", "target"),
+    "question_answer": ("question", "answer"),
+    "text": ("text",),
+}
+_PAIR_FORMATS = {"prompt_completion", "input_output", "source_target", "question_answer"}
+
+# For tokenizers without a chat template (GPT-2, base models) trained on chat data. It is stored
+# with the tokenizer, so generation after training renders prompts exactly as training did.
+FALLBACK_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] }}: {{ message['content'] }}"
+    "{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant: {% endif %}"
+)
+# For a base (non-chat) model, alpaca rows are rendered with the usual Alpaca prompt.
+ALPACA_PROMPT = "### Instruction:\n{instruction}\n\n### Response:\n"
+ALPACA_PROMPT_WITH_INPUT = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+
+
+def _describe_formats() -> str:
+    return "; ".join(f"{name}: {' + '.join(cols)}" for name, cols in FORMATS.items())
+
+
+def detect_format(columns, requested: str = "auto") -> str:
+    columns = list(columns)
+    if requested != "auto":
+        if requested not in FORMATS:
+            raise DatasetError(f"format={requested!r} is not a known format; use 'auto' or one of {list(FORMATS)}.")
+        missing = [c for c in FORMATS[requested] if c not in columns]
+        if missing:
+            raise DatasetError(
+                f"format={requested!r} needs columns {list(FORMATS[requested])}, but {missing} "
+                f"are missing; the dataset has {columns}. Rename columns with column_map={{...}}."
+            )
+        return requested
+    for name, needed in FORMATS.items():
+        if all(c in columns for c in needed):
+            return name
+    raise DatasetError(
+        f"The dataset's columns {columns} fit no known format. Formats and their columns: "
+        f"{_describe_formats()}. Rename columns with DefaultPreprocessor(column_map={{'old': 'new'}}) "
+        "or pass your own Preprocessor."
+    )
+
+
+def _text(row: dict, column: str, index: int) -> str:
+    value = row.get(column)
+    if value is None:
+        return ""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        raise DatasetError(f"Row {index}: column {column!r} should hold text, got {type(value).__name__} {value!r}.")
+    return value
+
+
+def _messages(row: dict, fmt: str, index: int) -> list[dict]:
+    raw = row["messages"] if fmt == "messages" else row["conversations"]
+    if not isinstance(raw, list) or not raw:
+        raise DatasetError(f"Row {index}: {'messages' if fmt == 'messages' else 'conversations'} "
+                           f"must be a non-empty list of turns, got {raw!r}.")
+    out = []
+    for turn in raw:
+        if not isinstance(turn, dict):
+            raise DatasetError(f"Row {index}: each turn must be a dict, got {turn!r}.")
+        if fmt == "messages":
+            role, content = turn.get("role"), turn.get("content")
+            if role not in ROLES:
+                raise DatasetError(f"Row {index}: unknown role {role!r}; roles must be one of {list(ROLES)}.")
+        else:
+            role, content = _SHAREGPT_ROLES.get(turn.get("from")), turn.get("value")
+            if role is None:
+                raise DatasetError(f"Row {index}: unknown speaker {turn.get('from')!r}; use one of "
+                                   f"{list(_SHAREGPT_ROLES)}.")
+        if not isinstance(content, str):
+            raise DatasetError(f"Row {index}: turn content must be text, got {content!r}.")
+        out.append({"role": role, "content": content})
+    return out
+
+
+def canonical(row: dict, fmt: str, index: int, chat_model: bool) -> dict:
+    """The canonical shape of one row (see module docstring)."""
+    if fmt in ("messages", "sharegpt"):
+        return {"messages": _messages(row, fmt, index)}
+    if fmt == "text":
+        return {"text": _text(row, "text", index)}
+    if fmt == "alpaca":
+        instruction, extra = _text(row, "instruction", index), _text(row, "input", index)
+        if chat_model:
+            prompt = f"{instruction}\n\n{extra}" if extra else instruction
+        else:
+            template = ALPACA_PROMPT_WITH_INPUT if extra else ALPACA_PROMPT
+            prompt = template.format(instruction=instruction, input=extra)
+        return {"prompt": prompt, "completion": _text(row, "output", index)}
+    if fmt in _PAIR_FORMATS:
+        first, second = FORMATS[fmt]
+        return {"prompt": _text(row, first, index), "completion": _text(row, second, index)}
+    raise DatasetError(f"format={fmt!r} is not a known format; use one of {list(FORMATS)}.")
+
+
+def flatten_messages(messages: list[dict]) -> tuple[str, str]:
+    """(source, target) for a seq2seq model: the turns before the last assistant turn, as
+    'role: content' lines, and that assistant turn."""
+    last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+    if last is None:
+        return "", ""
+    source = "\n".join(f"{m['role']}: {m['content']}" for m in messages[:last])
+    return source, messages[last]["content"]

@@ -1,0 +1,184 @@
+"""Find and load a model and its tokenizer.
+
+`model_id` may be:
+- `None`: the embedded SmolLM2-135M-Instruct (see `embedded.py`);
+- a local model folder (with `config.json`);
+- a `.gguf` file (converted once to a cached safetensors folder, see `embedded.py`);
+- a folder written by `FineTuner.train` or any PEFT adapter folder (`adapter_config.json`):
+  its base model is loaded and the adapter put on top;
+- a Hugging Face hub id, read from the local HF cache (nothing is downloaded when
+  `HF_HUB_OFFLINE=1`).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .embedded import EMBEDDED_MODEL_NAME, converted_gguf_dir, embedded_model_dir
+from .errors import ModelLoadError
+
+logger = logging.getLogger(__name__)
+
+RUN_CONFIG_FILE = "finetuner_config.json"
+EMBEDDED_SOURCE = f"embedded:{EMBEDDED_MODEL_NAME}"
+
+
+@dataclass
+class ModelSource:
+    """Where the base model comes from, and the adapter to put on it, if any."""
+
+    source: str  # what to record in a run's config: a hub id, a path, or EMBEDDED_SOURCE
+    path: str  # what from_pretrained reads
+    adapter_path: str | None = None
+
+
+def resolve_model_source(model_id: str | os.PathLike | None, adapter_path=None) -> ModelSource:
+    if model_id is None or model_id == EMBEDDED_SOURCE:
+        return ModelSource(EMBEDDED_SOURCE, str(embedded_model_dir()), _adapter(adapter_path))
+    text = os.fspath(model_id)
+    path = Path(text).expanduser()
+    if path.is_file():
+        if path.suffix.lower() == ".gguf":
+            return ModelSource(str(path.resolve()), str(converted_gguf_dir(path)), _adapter(adapter_path))
+        raise ModelLoadError(
+            f"model_id={text!r} is a file but not a .gguf file; pass a model folder, a .gguf file "
+            "or a hub id."
+        )
+    if path.is_dir():
+        if (path / "adapter_config.json").is_file():
+            if adapter_path is not None:
+                raise ModelLoadError(
+                    f"model_id={text!r} is already an adapter folder; do not also pass adapter_path."
+                )
+            base = _adapter_base(path)
+            resolved = resolve_model_source(base)
+            return ModelSource(resolved.source, resolved.path, str(path.resolve()))
+        if (path / "config.json").is_file():
+            return ModelSource(str(path.resolve()), str(path.resolve()), _adapter(adapter_path))
+        raise ModelLoadError(
+            f"model_id={text!r} is a folder without config.json or adapter_config.json, so it is "
+            "neither a model nor an adapter. Point at a model folder, a .gguf file, a folder "
+            "written by FineTuner.train, or a hub id."
+        )
+    if text.startswith((".", "/", "~")) or text.count("/") > 1 or text.endswith(".gguf"):
+        raise ModelLoadError(
+            f"model_id={text!r}: no such file or folder. Check the path, or pass model_id=None "
+            f"for the embedded {EMBEDDED_MODEL_NAME}."
+        )
+    return ModelSource(text, text, _adapter(adapter_path))
+
+
+def _adapter(adapter_path) -> str | None:
+    if adapter_path is None:
+        return None
+    path = Path(adapter_path).expanduser()
+    if not (path / "adapter_config.json").is_file():
+        raise ModelLoadError(
+            f"adapter_path={str(adapter_path)!r} holds no adapter_config.json; pass a folder "
+            "written by FineTuner.train or PeftModel.save_pretrained."
+        )
+    return str(path.resolve())
+
+
+def _adapter_base(adapter_dir: Path) -> str | None:
+    """The base model an adapter was trained on: our run config first (it knows the embedded
+    model by name, not by a cache path of another machine), else PEFT's own record."""
+    run_config = adapter_dir / RUN_CONFIG_FILE
+    if run_config.is_file():
+        source = json.loads(run_config.read_text()).get("model", {}).get("source")
+        if source:
+            return source
+    base = json.loads((adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base:
+        raise ModelLoadError(
+            f"The adapter in {str(adapter_dir)!r} does not name its base model; pass the base as "
+            "model_id and the adapter folder as adapter_path."
+        )
+    return base
+
+
+def _offline_hint(source: str) -> str:
+    return (
+        f"model_id={source!r} was not found locally. Without network access a hub model must "
+        "already be in the Hugging Face cache. Ways out: pass a local model folder or .gguf file "
+        f"as model_id, or model_id=None for the embedded {EMBEDDED_MODEL_NAME}."
+    )
+
+
+def load_config(src: ModelSource, trust_remote_code: bool = False):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(src.path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        if "trust_remote_code" in str(exc):
+            raise ModelLoadError(
+                f"model_id={src.source!r} needs custom code from its repository; pass "
+                "trust_remote_code=True if you trust it."
+            ) from exc
+        raise ModelLoadError(f"{_offline_hint(src.source)}\n(transformers said: {exc})") from exc
+
+
+def load_tokenizer(src: ModelSource, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    # A trained output folder holds the tokenizer as trained (pad token, chat template): prefer it.
+    for where in filter(None, (src.adapter_path, src.path)):
+        if where == src.adapter_path and not (Path(where) / "tokenizer_config.json").is_file():
+            continue
+        try:
+            return AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"Could not load a tokenizer for {src.source!r}: {exc}") from exc
+
+
+def ensure_pad_token(tokenizer) -> None:
+    """Give the tokenizer a pad token, distinct from EOS where the vocabulary allows.
+
+    When pad == eos, code that masks labels by `input_ids == pad_token_id` also masks every EOS
+    and the model never learns to stop. Our labels are built per example before padding (and the
+    collator pads labels with -100), so EOS stays trained either way; a distinct pad is still the
+    safer default for any other code that touches these tensors.
+    """
+    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
+        return
+    unk = tokenizer.unk_token
+    if unk is not None and tokenizer.unk_token_id != tokenizer.eos_token_id:
+        tokenizer.pad_token = unk
+        logger.info("Using %r as the pad token (distinct from EOS %r).", unk, tokenizer.eos_token)
+    elif tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ModelLoadError("The tokenizer has neither a pad nor an EOS token; set tokenizer.pad_token.")
+        tokenizer.pad_token = tokenizer.eos_token
+        logger.info(
+            "Tokenizer has no pad token and no spare special token: using EOS %r as pad. "
+            "Labels are masked per example, so EOS is still trained.", tokenizer.eos_token,
+        )
+
+
+def model_class(config):
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    return AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+
+
+def load_model(src: ModelSource, config, device: str, dtype: torch.dtype, quant_config=None,
+               trust_remote_code: bool = False):
+    """Load the base model onto `device`. A quantized model is placed with `device_map` (bitsandbytes
+    weights cannot be moved with `.to()`)."""
+    cls = model_class(config)
+    kwargs = dict(dtype=dtype, trust_remote_code=trust_remote_code)
+    if quant_config is not None:
+        kwargs.update(quantization_config=quant_config, device_map={"": device})
+    try:
+        model = cls.from_pretrained(src.path, config=config, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"Could not load model {src.source!r}: {exc}") from exc
+    if quant_config is None:
+        model.to(device)
+    return model

@@ -1,0 +1,119 @@
+"""bitsandbytes quantization: turn the spec's `quantize` / `quantization_config` into a
+`BitsAndBytesConfig`, or `None` when quantization is off (the peft/trl converter habit)."""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import inspect
+
+import torch
+
+from .errors import ConfigError
+
+# The spec's default: 4-bit NF4 with double quantization and bf16 compute (QLoRA).
+DEFAULT_4BIT = {
+    "load_in_4bit": True,
+    "bnb_4bit_use_double_quant": True,
+    "bnb_4bit_quant_type": "nf4",
+    "bnb_4bit_compute_dtype": torch.bfloat16,
+}
+
+_DTYPE_NAMES = {
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+}
+_DTYPE_KEYS = ("bnb_4bit_compute_dtype", "bnb_4bit_quant_storage")
+
+
+@functools.lru_cache(maxsize=None)
+def bitsandbytes_available() -> bool:
+    return importlib.util.find_spec("bitsandbytes") is not None
+
+
+def parse_dtype(value, name: str) -> torch.dtype:
+    """A torch dtype from a dtype or a name like "bfloat16", "torch.float16" or "fp32"."""
+    if isinstance(value, torch.dtype):
+        return value
+    if isinstance(value, str):
+        key = value.lower().removeprefix("torch.")
+        if key in _DTYPE_NAMES:
+            return _DTYPE_NAMES[key]
+    raise ConfigError(
+        f"{name}={value!r} is not a dtype; use a torch dtype or one of {sorted(set(_DTYPE_NAMES))}."
+    )
+
+
+@functools.lru_cache(maxsize=None)
+def _bnb_fields() -> frozenset[str]:
+    from transformers import BitsAndBytesConfig
+
+    params = inspect.signature(BitsAndBytesConfig.__init__).parameters
+    return frozenset(p for p in params if p not in ("self", "kwargs"))
+
+
+def validate_quantization_config(quantization_config) -> list[str]:
+    """Problems with a user's `quantization_config` (empty when it is fine)."""
+    from transformers import BitsAndBytesConfig
+
+    if quantization_config is None or isinstance(quantization_config, BitsAndBytesConfig):
+        return []
+    if not isinstance(quantization_config, dict):
+        return ["must be a dict of BitsAndBytesConfig fields or a transformers.BitsAndBytesConfig"]
+    problems = []
+    unknown = sorted(set(quantization_config) - _bnb_fields())
+    if unknown:
+        problems.append(f"unknown keys {unknown}; valid keys are {sorted(_bnb_fields())}")
+    if quantization_config.get("load_in_4bit") and quantization_config.get("load_in_8bit"):
+        problems.append("load_in_4bit and load_in_8bit are both true; choose one")
+    for key in _DTYPE_KEYS:
+        if key in quantization_config:
+            try:
+                parse_dtype(quantization_config[key], key)
+            except ConfigError as exc:
+                problems.append(str(exc))
+    return problems
+
+
+def get_quantization_config(quantize: bool, quantization_config=None):
+    """`BitsAndBytesConfig` for these arguments, or `None` when `quantize` is false.
+
+    A dict may omit `load_in_4bit`: 4-bit is implied unless `load_in_8bit` is set. Dtypes may be
+    given as strings ("bfloat16"). Call `validate_quantization_config` first for clear errors.
+    """
+    from transformers import BitsAndBytesConfig
+
+    if not quantize:
+        return None
+    if not bitsandbytes_available():
+        raise ConfigError(
+            "quantize=True needs the 'bitsandbytes' package: `pip install bitsandbytes`, "
+            "or pass quantize=False."
+        )
+    if isinstance(quantization_config, BitsAndBytesConfig):
+        return quantization_config
+    fields = dict(DEFAULT_4BIT if quantization_config is None else quantization_config)
+    if not fields.get("load_in_8bit"):
+        fields.setdefault("load_in_4bit", True)
+    for key in _DTYPE_KEYS:
+        if key in fields:
+            fields[key] = parse_dtype(fields[key], key)
+    return BitsAndBytesConfig(**fields)
+
+
+def keep_cpu_4bit_weights_trainable(model) -> int:
+    """Stop bitsandbytes from repacking 4-bit weights for its CPU inference kernel.
+
+    bitsandbytes 0.50, on CPUs with AVX512-BF16, repacks a `Linear4bit` weight the first time
+    the layer runs in eval mode without grad (e.g. `generate()`), and keeps the packed layout;
+    a later training forward then goes through the inference kernel and fails on layers with a
+    bias ("a view of a leaf Variable ... in-place operation"). Generating before training is
+    our normal flow (before/after comparisons), so we switch the repacking off. Returns the
+    number of layers changed.
+    """
+    changed = 0
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+            changed += 1
+    return changed
