@@ -179,8 +179,9 @@ class DefaultPreprocessor:
         enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
         ids = enc["input_ids"]
         labels = []
-        for tok_id, (s, _e) in zip(ids, enc["offset_mapping"]):
-            trained = self.train_on_inputs or any(a <= s < b for a, b in spans)
+        for tok_id, (s, e) in zip(ids, enc["offset_mapping"]):
+            # a token is trained if it starts inside a span or straddles the span's start
+            trained = self.train_on_inputs or any(a <= s < b or s < a < e for a, b in spans)
             labels.append(tok_id if trained else IGNORE_INDEX)
         if not ids or ids[-1] != eos:
             ids, labels = ids + [eos], labels + [eos if spans or self.train_on_inputs else IGNORE_INDEX]
