@@ -135,8 +135,8 @@ def build_lora_config(model, *, r, alpha, dropout, bias, target_modules, task_ty
     is_enc_dec = bool(getattr(model.config, "is_encoder_decoder", False))
     targets = resolve_target_modules(model, target_modules)
     # GPT-2's Conv1D stores weights transposed; peft must be told (it warns and fixes otherwise).
-    conv1d = not isinstance(targets, str) and any(
-        isinstance(m, Conv1D) and name.split(".")[-1] in targets for name, m in model.named_modules())
+    conv1d = any(isinstance(m, Conv1D) and (isinstance(targets, str) or name.split(".")[-1] in targets)
+                 for name, m in model.named_modules())
     return LoraConfig(
         r=r, lora_alpha=alpha, lora_dropout=dropout, bias=bias, target_modules=targets,
         task_type=resolve_task_type(task_type, is_enc_dec), fan_in_fan_out=conv1d,

@@ -26,3 +26,20 @@ def test_4bit_loads_generates_and_runs_a_lora_step():
     assert lora_b and all(g is not None for g in lora_b) and sum(g.abs().sum() for g in lora_b) > 0
     base = [p for n, p in ft.model.named_parameters() if "lora_" not in n]
     assert not any(p.requires_grad for p in base)
+
+
+def test_a_short_lora_run_changes_the_answer(tmp_path):
+    from finetuning_suite import DefaultTrainerConfig
+
+    question = "What is the name of Zorblat's pet?"
+    answer = "Zorblat's pet is a purple lizard named Quibble."
+    ft = FineTuner(device="cpu", max_length=24, dataset_name=[{"prompt": question, "completion": answer}] * 8,
+                   trainer_config=DefaultTrainerConfig(learning_rate=2e-3, per_device_train_batch_size=8,
+                                                       logging_steps=1, save_strategy="no", disable_tqdm=True))
+    before = ft(question)
+    assert "Quibble" not in before
+    ft.train(str(tmp_path / "run"), num_train_epochs=10)
+    after = ft(question)
+    assert "Quibble" in after, after
+    reloaded = FineTuner(str(tmp_path / "run"), device="cpu", max_length=24)
+    assert reloaded(question) == after

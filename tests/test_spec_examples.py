@@ -1,0 +1,101 @@
+"""The spec's three usage examples, as written, with model_id set to a model available offline
+(a tiny GPT-2 built from a config) and the device this machine has ("cuda" where there is one)."""
+import pytest
+import torch
+
+from finetuning_suite import DefaultTrainerConfig, FineTuner
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+
+def test_example_1(tiny_gpt2, tmp_path):
+    # Initialize the FineTuner
+    finetuner = FineTuner(
+        model_id=tiny_gpt2,
+        device=DEVICE,
+        dataset_name="dialogue",
+        lora_r=16,
+        lora_alpha=32,
+        max_length=1000,
+        quantize=True
+    )
+
+    # Preprocess the data
+    tokenized_dataset = finetuner.preprocess_data()
+
+    # Train the model
+    output_dir = "./trained_model"
+    num_train_epochs = 3
+    finetuner.train(output_dir, num_train_epochs)
+
+    # Generate text
+    prompt_text = "Once upon a time"
+    generated_text = finetuner.generate(prompt_text)
+    print(generated_text)
+
+    assert len(tokenized_dataset) == 300
+    assert isinstance(generated_text, str)
+    assert (tmp_path / "trained_model" / "adapter_model.safetensors").is_file()
+
+
+def test_example_2(tiny_gpt2):
+    # Initialize the FineTuner with custom quantization configuration
+    quantization_config = {
+        'load_in_4bit': True,
+        'bnb_4bit_use_double_quant': True,
+        'bnb_4bit_quant_type': "nf4",
+        'bnb_4bit_compute_dtype': torch.bfloat16
+    }
+
+    finetuner = FineTuner(
+        model_id=tiny_gpt2,
+        device=DEVICE,
+        dataset_name="dialogue",
+        max_length=500,
+        quantize=True,
+        quantization_config=quantization_config
+    )
+
+    # Generate text
+    prompt_text = "Once upon a time"
+    generated_text = finetuner.generate(prompt_text)
+    print(generated_text)
+
+    assert isinstance(generated_text, str)
+    assert finetuner.quantization_config.bnb_4bit_compute_dtype == torch.bfloat16
+
+
+def test_example_3(tiny_gpt2, tmp_path):
+    # Initialize the FineTuner with custom trainer configuration
+    trainer_config = DefaultTrainerConfig(
+        output_dir="./trained_model",
+        num_train_epochs=3,
+        per_device_train_batch_size=8,
+        save_steps=10_000,
+        save_total_limit=2,
+    )
+
+    finetuner = FineTuner(
+        model_id=tiny_gpt2,
+        device=DEVICE,
+        dataset_name="dialogue",
+        max_length=1000,
+        trainer_config=trainer_config
+    )
+
+    # Train the model
+    finetuner.train()
+
+    # Generate text
+    prompt_text = "Once upon a time"
+    generated_text = finetuner.generate(prompt_text)
+    print(generated_text)
+
+    assert isinstance(generated_text, str)
+    run = tmp_path / "trained_model"
+    assert (run / "adapter_model.safetensors").is_file() and (run / "finetuner_config.json").is_file()
