@@ -69,15 +69,15 @@ def embedded_model_dir() -> Path:
 def converted_gguf_dir(gguf_file: str | os.PathLike) -> Path:
     """Return a cached safetensors model folder converted from `gguf_file`.
 
-    The cache key covers the file's path, size and modification time, so a changed file is
-    converted again. The folder is written under a temporary name and renamed into place, so an
+    The cache key is the file's name, size and a hash of its first and last MiB: the same model
+    installed in two virtual environments shares one conversion, and a changed file is converted
+    again. The folder is written under a temporary name and renamed into place, so an
     interrupted conversion never leaves a half-written model behind.
     """
     gguf_file = Path(gguf_file).resolve()
     if not gguf_file.is_file():
         raise ModelLoadError(f"GGUF file not found: {str(gguf_file)!r}. Check the path.")
-    st = gguf_file.stat()
-    key = hashlib.sha256(f"{gguf_file}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    key = _file_key(gguf_file)
     target = cache_dir() / "gguf" / f"{gguf_file.stem}-{key}"
     if (target / _COMPLETE_MARKER).exists():
         return target
@@ -97,6 +97,16 @@ def converted_gguf_dir(gguf_file: str | os.PathLike) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _file_key(path: Path, chunk: int = 1 << 20) -> str:
+    size = path.stat().st_size
+    digest = hashlib.sha256(f"{path.name}|{size}|".encode())
+    with path.open("rb") as fh:
+        digest.update(fh.read(chunk))
+        fh.seek(max(0, size - chunk))
+        digest.update(fh.read(chunk))
+    return digest.hexdigest()[:12]
 
 
 def _convert(gguf_file: Path, out: Path) -> None:

@@ -56,6 +56,7 @@ def test_missing_path_and_wrong_files(tmp_path):
         resolve_model_source(str(tmp_path))
 
 
+@pytest.mark.slow
 def test_gguf_file_resolves_to_the_converted_folder():
     src = resolve_model_source(str(embedded_gguf_path()))
     assert (Path(src.path) / "model.safetensors").is_file()
