@@ -186,8 +186,6 @@ class FineTuner:
                                              or not isinstance(num_train_epochs, (int, float))
                                              or num_train_epochs <= 0):
             problems.add("num_train_epochs", num_train_epochs, "must be a positive number, e.g. 3.")
-        if output_dir is not None and Path(output_dir).exists() and not Path(output_dir).is_dir():
-            problems.add("output_dir", str(output_dir), "is an existing file; pass a folder path.")
         problems.raise_if_any()
         args = self.trainer_config.training_arguments(
             output_dir=output_dir, num_train_epochs=num_train_epochs,

@@ -136,3 +136,19 @@ def test_a_string_is_not_an_inference_handler(tiny_llama):
 def test_errors_share_one_family():
     assert issubclass(ConfigError, FineTuningError) and issubclass(ModelLoadError, FineTuningError)
     assert issubclass(ConfigError, ValueError)
+
+
+def test_hub_id_from_the_local_cache(tiny_llama, tmp_path, monkeypatch):
+    """A hub id resolves offline from the Hugging Face cache layout (refs/main -> snapshot)."""
+    import shutil
+
+    repo = tmp_path / "hub" / "models--tiny-org--tiny-llama"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    shutil.copytree(tiny_llama, snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    ft = FineTuner("tiny-org/tiny-llama", device="cpu")
+    assert ft.source.source == "tiny-org/tiny-llama"
+    assert ft.model.get_base_model().__class__.__name__ == "LlamaForCausalLM"

@@ -199,3 +199,15 @@ def test_preprocess_data_without_a_dataset(tiny_llama):
 
     with pytest.raises(ConfigError, match="needs a dataset"):
         FineTuner(tiny_llama).preprocess_data()
+
+
+def test_training_prompt_is_exactly_the_generation_prompt(tiny_llama):
+    """The tokens before the first trained label are the tokens generate() feeds the model."""
+    from finetuning_suite.inference import render_prompt
+
+    ft = FineTuner(tiny_llama, dataset_name=[{"prompt": "Capital of France?", "completion": "Paris"}])
+    row = ft.preprocess_data()[0]
+    first = next(i for i, label in enumerate(row["labels"]) if label != IGNORE_INDEX)
+    text, templated = render_prompt("Capital of France?", ft.tokenizer, ft.model.config)
+    assert templated
+    assert row["input_ids"][:first] == ft.tokenizer(text, add_special_tokens=False)["input_ids"]

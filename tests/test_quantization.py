@@ -55,3 +55,14 @@ def test_4bit_tiny_gpt2_loads_generates_and_backprops(tiny_gpt2):
     loss.backward()
     grads = [p.grad for n, p in ft.model.named_parameters() if "lora_B" in n]
     assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_8bit_loads_and_backprops(tiny_llama):
+    import bitsandbytes as bnb
+
+    ft = FineTuner(tiny_llama, device="cpu", quantize=True, quantization_config={"load_in_8bit": True})
+    assert any(isinstance(m, bnb.nn.Linear8bitLt) for m in ft.model.modules())
+    ft.model.train()
+    ids = torch.tensor([[1, 5, 9, 42]])
+    ft.model(input_ids=ids, labels=ids).loss.backward()
+    assert all(p.grad is not None for n, p in ft.model.named_parameters() if "lora_A" in n)
