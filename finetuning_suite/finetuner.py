@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .data import check_source, load_source, split_dataset
 from .device import default_dtype, resolve_device
-from .errors import ConfigError, FineTuningError, Problems
+from .errors import ConfigError, DatasetError, FineTuningError, Problems
 from .inference import DefaultInferenceHandler
 from .loading import (RUN_CONFIG_FILE, ensure_pad_token, load_config, load_model, load_tokenizer,
                       resolve_model_source)
@@ -80,6 +80,10 @@ class FineTuner:
         if getattr(base, "generation_config", None) is not None:
             base.generation_config.pad_token_id = self.tokenizer.pad_token_id
         self.model = self._add_adapter(base, locals())
+        trainable, total = self.model.get_nb_trainable_parameters()
+        logger.info("Model %s on %s%s: %s trainable parameters of %s (%.2f%%).", self.source.source,
+                    self.device, ", 4-bit" if self._quant_bits() == 4 else (", 8-bit" if self._quant_bits() else ""),
+                    f"{trainable:,}", f"{total:,}", 100 * trainable / max(total, 1))
         self.tokenized_dataset = None
         self.eval_dataset = None
         self.data_stats: dict = {}
@@ -145,6 +149,22 @@ class FineTuner:
             base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
         return PeftModel.from_pretrained(base, self.source.adapter_path, is_trainable=True)
 
+    def _quant_bits(self) -> int:
+        q = self.quantization_config
+        return 0 if q is None else (4 if q.load_in_4bit else 8)
+
+    def __repr__(self) -> str:
+        parts = [f"model={self.source.source!r}", f"device={self.device!r}"]
+        if self._quant_bits():
+            parts.append(f"{self._quant_bits()}-bit")
+        cfg = self.model.peft_config.get("default")
+        if cfg is not None:
+            targets = cfg.target_modules if isinstance(cfg.target_modules, str) else sorted(cfg.target_modules)
+            parts.append(f"lora_r={cfg.r}, lora_alpha={cfg.lora_alpha}, targets={targets}")
+        if isinstance(self.dataset_name, (str, os.PathLike)):
+            parts.append(f"dataset={str(self.dataset_name)!r}")
+        return f"FineTuner({', '.join(parts)})"
+
     @property
     def is_encoder_decoder(self) -> bool:
         return bool(getattr(self.model.config, "is_encoder_decoder", False))
@@ -169,13 +189,24 @@ class FineTuner:
                               "e.g. dataset_name='dialogue' or a path to a .jsonl file.")
         seed = getattr(self.trainer_config, "training_args", {}).get("seed", 42)
         train, eval_set = split_dataset(load_source(self.dataset_name), self.eval_fraction, seed)
-        self.tokenized_dataset = self.preprocessor(train, self.tokenizer, self.model.config)
+        self.tokenized_dataset = self._checked(self.preprocessor(train, self.tokenizer, self.model.config))
         self.data_stats = {"train": dict(getattr(self.preprocessor, "stats", None) or {})}
         self.eval_dataset = None
         if eval_set is not None:
-            self.eval_dataset = self.preprocessor(eval_set, self.tokenizer, self.model.config)
+            self.eval_dataset = self._checked(self.preprocessor(eval_set, self.tokenizer, self.model.config))
             self.data_stats["eval"] = dict(getattr(self.preprocessor, "stats", None) or {})
         return self.tokenized_dataset
+
+    def _checked(self, dataset):
+        """A custom preprocessor's output must be what the trainer consumes."""
+        columns = getattr(dataset, "column_names", None)
+        if columns is None or not {"input_ids", "labels"} <= set(columns):
+            raise DatasetError(
+                f"{type(self.preprocessor).__name__} returned {type(dataset).__name__} with columns "
+                f"{columns}; a preprocessor must return a datasets.Dataset with 'input_ids' and "
+                "'labels' (-100 where no loss is wanted)."
+            )
+        return dataset
 
     def train(self, output_dir: str | None = None, num_train_epochs: float | None = None) -> dict:
         """Fine-tune on the dataset; save the adapter, tokenizer and run config in `output_dir`.

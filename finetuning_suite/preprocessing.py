@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Protocol, runtime_checkable
 
-from .errors import DatasetError
+from .errors import ConfigError, DatasetError
 from .formats import FALLBACK_CHAT_TEMPLATE, canonical, detect_format, flatten_messages
 from .inference import context_window
 
@@ -45,7 +45,7 @@ class DefaultPreprocessor:
                  max_seq_length: int | None = None, train_on_inputs: bool = False,
                  use_chat_template: bool = True):
         if max_seq_length is not None and (not isinstance(max_seq_length, int) or max_seq_length < 2):
-            raise DatasetError(f"max_seq_length={max_seq_length!r} must be an integer >= 2, e.g. 1024.")
+            raise ConfigError(f"max_seq_length={max_seq_length!r} must be an integer >= 2, e.g. 1024.")
         self.format = format
         self.column_map = dict(column_map or {})
         self.max_seq_length = max_seq_length

@@ -152,3 +152,9 @@ def test_hub_id_from_the_local_cache(tiny_llama, tmp_path, monkeypatch):
     ft = FineTuner("tiny-org/tiny-llama", device="cpu")
     assert ft.source.source == "tiny-org/tiny-llama"
     assert ft.model.get_base_model().__class__.__name__ == "LlamaForCausalLM"
+
+
+def test_repr_says_what_was_built(tiny_gpt2):
+    text = repr(FineTuner(tiny_gpt2, dataset_name="dialogue", lora_r=8))
+    assert "device=" in text and "lora_r=8" in text and "targets=['c_attn']" in text
+    assert "dataset='dialogue'" in text

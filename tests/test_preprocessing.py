@@ -211,3 +211,14 @@ def test_training_prompt_is_exactly_the_generation_prompt(tiny_llama):
     text, templated = render_prompt("Capital of France?", ft.tokenizer, ft.model.config)
     assert templated
     assert row["input_ids"][:first] == ft.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def test_a_preprocessor_that_returns_no_labels_is_caught(tiny_llama):
+    class NoLabels:
+        def __call__(self, dataset, tokenizer, model_config):
+            return dataset.map(lambda r: {"input_ids": tokenizer(r["text"])["input_ids"]},
+                               remove_columns=dataset.column_names)
+
+    ft = FineTuner(tiny_llama, dataset_name=[{"text": "abc"}], preprocessor=NoLabels())
+    with pytest.raises(DatasetError, match="NoLabels returned Dataset with columns \\['input_ids'\\]"):
+        ft.preprocess_data()
