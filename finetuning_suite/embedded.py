@@ -124,9 +124,8 @@ def _convert(gguf_file: Path, out: Path) -> None:
     # transformers will not save a model that carries a gguf quantization config, so build a
     # plain model from the same config and copy the (already dequantized) weights into it.
     config = AutoConfig.from_pretrained(folder, gguf_file=name)
-    for attr in ("quantization_config",):
-        if hasattr(config, attr):
-            delattr(config, attr)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
     with torch.device("meta"):
         plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(gguf_model.state_dict(), assign=True)

@@ -128,13 +128,13 @@ def load_tokenizer(src: ModelSource, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     # A trained output folder holds the tokenizer as trained (pad token, chat template): prefer it.
-    for where in filter(None, (src.adapter_path, src.path)):
-        if where == src.adapter_path and not (Path(where) / "tokenizer_config.json").is_file():
-            continue
-        try:
-            return AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"Could not load a tokenizer for {src.source!r}: {exc}") from exc
+    where = src.path
+    if src.adapter_path and (Path(src.adapter_path) / "tokenizer_config.json").is_file():
+        where = src.adapter_path
+    try:
+        return AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"Could not load a tokenizer for {src.source!r}: {exc}") from exc
 
 
 def ensure_pad_token(tokenizer) -> None:

@@ -33,7 +33,7 @@ LORA_BIAS_CHOICES = ("none", "all", "lora_only")
 
 # Query/value projection names by architecture family, for models peft's table does not know.
 _QV_CANDIDATES = (("q_proj", "v_proj"), ("q", "v"), ("query", "value"), ("c_attn",),
-                  ("query_key_value",), ("qkv_proj",), ("Wqkv",), ("c_attn", "q_attn"))
+                  ("query_key_value",), ("qkv_proj",), ("Wqkv",))
 
 
 def parse_task_type(value) -> TaskType:
@@ -77,26 +77,22 @@ def adaptable_module_names(model: nn.Module) -> list[str]:
     return sorted(names)
 
 
-def _matches(target: str, module_names: list[str]) -> bool:
-    return target in module_names
-
-
 def resolve_target_modules(model: nn.Module, requested) -> list[str] | str:
     names = adaptable_module_names(model)
     if isinstance(requested, str):  # "all-linear" or a regex: peft validates it
         return requested
     if requested is SPEC_TARGET_MODULES:
-        if all(_matches(t, names) for t in requested):
+        if all(t in names for t in requested):
             return list(requested)
         model_type = getattr(model.config, "model_type", "")
         chosen = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type)
-        if not chosen or not all(_matches(t, names) for t in chosen):
-            chosen = next((list(c) for c in _QV_CANDIDATES if all(_matches(t, names) for t in c)),
+        if not chosen or not all(t in names for t in chosen):
+            chosen = next((list(c) for c in _QV_CANDIDATES if all(t in names for t in c)),
                           "all-linear")
         logger.info("lora_target_modules: the spec's default ['q', 'v'] does not fit %s; using %s.",
                     model_type or type(model).__name__, chosen)
         return list(chosen) if not isinstance(chosen, str) else chosen
-    missing = [t for t in requested if not _matches(t, names)]
+    missing = [t for t in requested if t not in names]
     if missing:
         raise ConfigError(
             f"lora_target_modules={list(requested)!r}: this model has no layer named {missing}. "

@@ -96,12 +96,20 @@ class DefaultTrainerConfig:
 
     def build_trainer(self, *, model, args, tokenizer, train_dataset, eval_dataset=None,
                       encoder_decoder=False):
-        from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Trainer
+        from transformers import Seq2SeqTrainer, Trainer
 
-        collator = DataCollatorForSeq2Seq(
-            tokenizer, model=model if encoder_decoder else None, label_pad_token_id=-100,
-            pad_to_multiple_of=8 if args.use_cpu is False and args.bf16 else None,
-        )
+        collator = default_collator(tokenizer, model, encoder_decoder, on_cpu=bool(args.use_cpu))
         cls = Seq2SeqTrainer if encoder_decoder else Trainer
         return cls(model=model, args=args, data_collator=collator, train_dataset=train_dataset,
                    eval_dataset=eval_dataset, processing_class=tokenizer)
+
+
+def default_collator(tokenizer, model, encoder_decoder: bool, on_cpu: bool):
+    """Dynamic padding of input_ids/attention_mask with the pad token and of labels with -100
+    (labels are never derived from pad ids, so EOS stays trained when pad == eos). Seq2seq
+    models also get decoder_input_ids shifted from the labels. On accelerators, lengths are
+    padded to a multiple of 8 for tensor-core friendly shapes."""
+    from transformers import DataCollatorForSeq2Seq
+
+    return DataCollatorForSeq2Seq(tokenizer, model=model if encoder_decoder else None,
+                                  label_pad_token_id=-100, pad_to_multiple_of=None if on_cpu else 8)

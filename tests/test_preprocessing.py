@@ -1,11 +1,12 @@
 """Formats and label masks, checked token by token."""
 import datasets
 import pytest
-from transformers import AutoConfig, DataCollatorForSeq2Seq
+from transformers import AutoConfig
 
 from finetuning_suite import DatasetError, DefaultPreprocessor, FineTuner, Preprocessor
 from finetuning_suite.formats import FALLBACK_CHAT_TEMPLATE, detect_format
 from finetuning_suite.preprocessing import IGNORE_INDEX
+from finetuning_suite.training import default_collator
 from tiny import gpt2_style_tokenizer, smol_tokenizer
 
 
@@ -119,7 +120,7 @@ def test_eos_label_survives_padding_when_pad_equals_eos(llama_config):
     tok.pad_token = tok.eos_token
     ds, _ = run([{"prompt": "a", "completion": " b"}, {"prompt": "a long prompt", "completion": " and a long answer"}],
                 tok, llama_config)
-    batch = DataCollatorForSeq2Seq(tok, label_pad_token_id=IGNORE_INDEX)([ds[0], ds[1]])
+    batch = default_collator(tok, None, encoder_decoder=False, on_cpu=True)([ds[0], ds[1]])
     short = batch["labels"][0].tolist()
     n = len(ds[0]["input_ids"])
     assert short[n - 1] == tok.eos_token_id  # the real EOS is trained

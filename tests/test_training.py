@@ -17,10 +17,9 @@ def snapshot(model, lora: bool):
 
 def mean_loss(ft):
     """Mean loss of the model on its own tokenized training set."""
-    from transformers import DataCollatorForSeq2Seq
+    from finetuning_suite.training import default_collator
 
-    collate = DataCollatorForSeq2Seq(ft.tokenizer, label_pad_token_id=-100,
-                                     model=ft.model if ft.is_encoder_decoder else None)
+    collate = default_collator(ft.tokenizer, ft.model, ft.is_encoder_decoder, on_cpu=True)
     batch = collate([ft.tokenized_dataset[i] for i in range(len(ft.tokenized_dataset))])
     ft.model.eval()
     with torch.no_grad():
