@@ -128,12 +128,26 @@ def _load_files(builder: str, files: dict[str, str], label: str):
         raise DatasetError(f"Could not read dataset {label!r} as {builder}: {exc}") from exc
 
 
+def _cached_hub_snapshot(repo_id: str) -> str | None:
+    """The local folder of a hub dataset repo already in the HF cache (e.g. fetched earlier with
+    `hf download --repo-type dataset`), or None."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(repo_id, repo_type="dataset", local_files_only=True)
+    except Exception:  # not cached, or not a valid repo id
+        return None
+
+
 def _load_hub_or_folder(text: str, folder: bool):
     import datasets
 
     try:
         return datasets.load_dataset(text)
     except Exception as exc:
+        snapshot = None if folder else _cached_hub_snapshot(text)
+        if snapshot is not None:  # datasets' offline mode only knows its own cache
+            return _load_hub_or_folder(snapshot, folder=True)
         if folder:
             raise DatasetError(
                 f"dataset_name={text!r}: could not read this folder as a dataset ({exc}). It should "

@@ -72,6 +72,9 @@ class FineTuner:
         config = load_config(self.source, trust_remote_code)
         self.tokenizer = load_tokenizer(self.source, trust_remote_code)
         ensure_pad_token(self.tokenizer)
+        # Training pads on the right: left padding would shift Llama-style position ids between
+        # training and generation. Single-prompt generation needs no padding.
+        self.tokenizer.padding_side = "right"
         base = load_model(self.source, config, self.device, self.dtype, self.quantization_config,
                           trust_remote_code)
         if self.quantization_config is not None and self.device == "cpu":

@@ -102,3 +102,16 @@ def test_unreadable_and_empty_files(tmp_path):
 def test_not_a_dataset():
     with pytest.raises(DatasetError, match="is not a dataset"):
         load_source(42)
+
+
+def test_hub_dataset_from_the_local_cache(tmp_path, monkeypatch):
+    """A hub dataset repo already in the HF cache loads offline (refs/main -> snapshot)."""
+    repo = tmp_path / "hub" / "datasets--tiny-org--tiny-data"
+    snapshot = repo / "snapshots" / ("1" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "train.jsonl").write_text("\n".join(json.dumps(r) for r in ROWS) + "\n")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("1" * 40)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    train, _ = split_dataset(load_source("tiny-org/tiny-data"))
+    assert len(train) == 10 and train[0] == {"prompt": "Q0", "completion": "A0"}
