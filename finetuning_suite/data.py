@@ -22,6 +22,11 @@ _BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parq
 _EVAL_SPLITS = ("validation", "valid", "val", "dev", "eval")
 
 
+def _looks_like_path(text: str) -> bool:
+    """A name that can only mean a local path (so it is not tried as a hub dataset)."""
+    return text.startswith((".", "/", "~")) or Path(text).suffix.lower() in _BUILDERS
+
+
 def builtin_files(name: str) -> dict[str, str]:
     files = {split: str(BUILTIN_DIR / f"{name}.{split}.jsonl") for split in ("train", "validation")}
     return {split: f for split, f in files.items() if Path(f).is_file()}
@@ -67,7 +72,7 @@ def load_source(source):
             except Exception as exc:
                 raise DatasetError(f"Could not read the saved dataset folder {text!r}: {exc}") from exc
         return _load_hub_or_folder(text, folder=True)
-    if text.startswith((".", "/", "~")) or Path(text).suffix.lower() in _BUILDERS:
+    if _looks_like_path(text):
         raise DatasetError(
             f"dataset_name={text!r}: no such file or folder. Built-in datasets: {sorted(BUILTIN_DATASETS)}."
         )
@@ -203,6 +208,6 @@ def check_source(source) -> str | None:
     text = os.fspath(source)
     if text in BUILTIN_DATASETS or Path(text).expanduser().exists():
         return None
-    if text.startswith((".", "/", "~")) or Path(text).suffix.lower() in _BUILDERS:
+    if _looks_like_path(text):
         return f"no such file or folder. Built-in datasets: {sorted(BUILTIN_DATASETS)}."
     return None  # maybe a hub dataset: checked when loaded

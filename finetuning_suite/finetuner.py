@@ -20,11 +20,10 @@ from .errors import ConfigError, DatasetError, FineTuningError, Problems
 from .inference import DefaultInferenceHandler
 from .loading import (RUN_CONFIG_FILE, ensure_pad_token, load_config, load_model, load_tokenizer,
                       resolve_model_source)
-from .lora import (SPEC_TARGET_MODULES, SPEC_TASK_TYPE, apply_lora, build_lora_config,
+from .lora import (SPEC_TARGET_MODULES, SPEC_TASK_TYPE, apply_lora, build_lora_config, load_lora,
                    validate_lora_args)
 from .preprocessing import DefaultPreprocessor
-from .quantization import (get_quantization_config, keep_cpu_4bit_weights_trainable, parse_dtype,
-                           validate_quantization_config)
+from .quantization import get_quantization_config, parse_dtype, validate_quantization_config
 from .runinfo import library_versions, timestamp, write_json_atomic
 from .training import DefaultTrainerConfig
 
@@ -77,16 +76,21 @@ class FineTuner:
         self.tokenizer.padding_side = "right"
         base = load_model(self.source, config, self.device, self.dtype, self.quantization_config,
                           trust_remote_code)
-        if self.quantization_config is not None and self.device == "cpu":
-            keep_cpu_4bit_weights_trainable(base)
         base.config.pad_token_id = self.tokenizer.pad_token_id
         if getattr(base, "generation_config", None) is not None:
             base.generation_config.pad_token_id = self.tokenizer.pad_token_id
-        self.model = self._add_adapter(base, locals())
+        quantized = self.quantization_config is not None
+        if self.source.adapter_path is None:
+            lora_config = build_lora_config(
+                base, r=lora_r, alpha=lora_alpha, dropout=lora_dropout, bias=lora_bias,
+                target_modules=lora_target_modules, task_type=lora_task_type)
+            self.model = apply_lora(base, lora_config, quantized)
+        else:
+            self.model = load_lora(base, self.source.adapter_path, quantized)
         trainable, total = self.model.get_nb_trainable_parameters()
+        bits = f", {self._quant_bits()}-bit" if self._quant_bits() else ""
         logger.info("Model %s on %s%s: %s trainable parameters of %s (%.2f%%).", self.source.source,
-                    self.device, ", 4-bit" if self._quant_bits() == 4 else (", 8-bit" if self._quant_bits() else ""),
-                    f"{trainable:,}", f"{total:,}", 100 * trainable / max(total, 1))
+                    self.device, bits, f"{trainable:,}", f"{total:,}", 100 * trainable / max(total, 1))
         self.tokenized_dataset = None
         self.eval_dataset = None
         self.data_stats: dict = {}
@@ -136,22 +140,6 @@ class FineTuner:
         if issue:
             problems.add("dataset_name", args["dataset_name"], issue)
 
-    def _add_adapter(self, base, args: dict):
-        from peft import PeftModel, prepare_model_for_kbit_training
-
-        quantized = self.quantization_config is not None
-        if self.source.adapter_path is None:
-            lora_config = build_lora_config(
-                base, r=args["lora_r"], alpha=args["lora_alpha"], dropout=args["lora_dropout"],
-                bias=args["lora_bias"], target_modules=args["lora_target_modules"],
-                task_type=args["lora_task_type"])
-            return apply_lora(base, lora_config, quantized)
-        logger.info("Loading adapter %s (its LoRA settings replace the lora_* arguments).",
-                    self.source.adapter_path)
-        if quantized:
-            base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
-        return PeftModel.from_pretrained(base, self.source.adapter_path, is_trainable=True)
-
     def _quant_bits(self) -> int:
         q = self.quantization_config
         return 0 if q is None else (4 if q.load_in_4bit else 8)
@@ -192,16 +180,16 @@ class FineTuner:
                               "e.g. dataset_name='dialogue' or a path to a .jsonl file.")
         seed = getattr(self.trainer_config, "training_args", {}).get("seed", 42)
         train, eval_set = split_dataset(load_source(self.dataset_name), self.eval_fraction, seed)
-        self.tokenized_dataset = self._checked(self.preprocessor(train, self.tokenizer, self.model.config))
-        self.data_stats = {"train": dict(getattr(self.preprocessor, "stats", None) or {})}
-        self.eval_dataset = None
-        if eval_set is not None:
-            self.eval_dataset = self._checked(self.preprocessor(eval_set, self.tokenizer, self.model.config))
-            self.data_stats["eval"] = dict(getattr(self.preprocessor, "stats", None) or {})
+        self.data_stats = {}
+        self.tokenized_dataset = self._tokenize(train, "train")
+        self.eval_dataset = self._tokenize(eval_set, "eval") if eval_set is not None else None
         return self.tokenized_dataset
 
-    def _checked(self, dataset):
-        """A custom preprocessor's output must be what the trainer consumes."""
+    def _tokenize(self, split, name: str):
+        """Run the preprocessor on one split, check its output is what the trainer consumes, and
+        keep its stats (if it has any) under `name`."""
+        dataset = self.preprocessor(split, self.tokenizer, self.model.config)
+        self.data_stats[name] = dict(getattr(self.preprocessor, "stats", None) or {})
         columns = getattr(dataset, "column_names", None)
         if columns is None or not {"input_ids", "labels"} <= set(columns):
             raise DatasetError(
@@ -224,8 +212,7 @@ class FineTuner:
         args = self.trainer_config.training_arguments(
             output_dir=output_dir, num_train_epochs=num_train_epochs,
             encoder_decoder=self.is_encoder_decoder, device=self.device)
-        if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
-            raise ConfigError(f"output_dir={args.output_dir!r} is an existing file; pass a folder path.")
+        _check_output_dir(args.output_dir)
         if args.num_train_epochs <= 0 and args.max_steps <= 0:
             raise ConfigError(f"num_train_epochs={args.num_train_epochs!r} must be a positive number, e.g. 3.")
         if self.tokenized_dataset is None:
@@ -244,9 +231,7 @@ class FineTuner:
     def save(self, output_dir, training_args=None, metrics: dict | None = None) -> None:
         """Save the adapter (PEFT safetensors), the tokenizer and `finetuner_config.json`. The
         config is written last and atomically: its presence marks a complete save."""
-        out = Path(output_dir)
-        if out.exists() and not out.is_dir():
-            raise ConfigError(f"output_dir={str(out)!r} is an existing file; pass a folder path.")
+        out = _check_output_dir(output_dir)
         self.model.save_pretrained(out, safe_serialization=True)
         self.tokenizer.save_pretrained(out)
         write_json_atomic(out / RUN_CONFIG_FILE, self.run_config(training_args, metrics))
@@ -277,3 +262,10 @@ class FineTuner:
             "metrics": metrics,
             "versions": library_versions(),
         }
+
+
+def _check_output_dir(output_dir) -> Path:
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output_dir={str(out)!r} is an existing file; pass a folder path.")
+    return out

@@ -21,6 +21,7 @@ import torch
 
 from .embedded import EMBEDDED_MODEL_NAME, converted_gguf_dir, embedded_model_dir
 from .errors import ModelLoadError
+from .quantization import keep_cpu_4bit_weights_trainable
 
 logger = logging.getLogger(__name__)
 
@@ -181,4 +182,6 @@ def load_model(src: ModelSource, config, device: str, dtype: torch.dtype, quant_
         raise ModelLoadError(f"Could not load model {src.source!r}: {exc}") from exc
     if quant_config is None:
         model.to(device)
+    elif device == "cpu":
+        keep_cpu_4bit_weights_trainable(model)
     return model

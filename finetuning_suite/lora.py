@@ -139,10 +139,21 @@ def build_lora_config(model, *, r, alpha, dropout, bias, target_modules, task_ty
     )
 
 
+def _prepare(model, quantized: bool):
+    """A k-bit model is prepared for training (norms in fp32, inputs requiring grads); gradient
+    checkpointing stays a TrainingArguments choice (`gradient_checkpointing=True`) rather than
+    being forced on here."""
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False) if quantized else model
+
+
 def apply_lora(model, lora_config: LoraConfig, quantized: bool):
-    """Wrap `model` with a fresh LoRA adapter. A k-bit model is first prepared for training
-    (norms in fp32, inputs requiring grads); gradient checkpointing stays a TrainingArguments
-    choice (`gradient_checkpointing=True`) rather than being forced on here."""
-    if quantized:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    return get_peft_model(model, lora_config)
+    """Wrap `model` with a fresh LoRA adapter."""
+    return get_peft_model(_prepare(model, quantized), lora_config)
+
+
+def load_lora(model, adapter_path: str, quantized: bool):
+    """Put a saved adapter on `model`, trainable (its LoRA settings replace the lora_* arguments)."""
+    from peft import PeftModel
+
+    logger.info("Loading adapter %s (its LoRA settings replace the lora_* arguments).", adapter_path)
+    return PeftModel.from_pretrained(_prepare(model, quantized), adapter_path, is_trainable=True)
