@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 run: setup
-	$(BIN)/python -m finetuning_suite.demo
+	$(BIN)/python -m finetuning_suite.cli.demo
 
 # pytest exits 5 when it collected no tests: treat that as the failure it is.
 test: setup

@@ -9,9 +9,9 @@ from peft import TaskType
 
 from .errors import ConfigError, DatasetError, DeviceError, FineTuningError, ModelLoadError
 from .finetuner import FineTuner
-from .inference import DefaultInferenceHandler, InferenceHandler
-from .preprocessing import DefaultPreprocessor, Preprocessor
-from .training import DefaultTrainerConfig, TrainerConfig
+from .infer.generation import DefaultInferenceHandler, InferenceHandler
+from .data.preprocessing import DefaultPreprocessor, Preprocessor
+from .train.trainer_config import DefaultTrainerConfig, TrainerConfig
 
 __version__ = "0.1.0"
 

@@ -14,18 +14,18 @@ import logging
 import os
 from pathlib import Path
 
-from .data import check_source, load_source, split_dataset
-from .device import default_dtype, resolve_device
+from .data.sources import check_source, load_source, split_dataset
+from .model.device import default_dtype, resolve_device
 from .errors import ConfigError, DatasetError, FineTuningError, Problems
-from .inference import DefaultInferenceHandler
-from .loading import (RUN_CONFIG_FILE, ensure_pad_token, load_config, load_model, load_tokenizer,
+from .infer.generation import DefaultInferenceHandler
+from .model.loading import (RUN_CONFIG_FILE, ensure_pad_token, load_config, load_model, load_tokenizer,
                       resolve_model_source)
-from .lora import (SPEC_TARGET_MODULES, SPEC_TASK_TYPE, apply_lora, build_lora_config, load_lora,
+from .model.lora import (SPEC_TARGET_MODULES, SPEC_TASK_TYPE, apply_lora, build_lora_config, load_lora,
                    validate_lora_args)
-from .preprocessing import DefaultPreprocessor
-from .quantization import get_quantization_config, parse_dtype, validate_quantization_config
-from .runinfo import library_versions, timestamp, write_json_atomic
-from .training import DefaultTrainerConfig
+from .data.preprocessing import DefaultPreprocessor
+from .model.quantization import get_quantization_config, parse_dtype, validate_quantization_config
+from .train.runinfo import library_versions, timestamp, write_json_atomic
+from .train.trainer_config import DefaultTrainerConfig
 
 logger = logging.getLogger(__name__)
 

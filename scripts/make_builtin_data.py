@@ -11,7 +11,7 @@ import json
 import random
 from pathlib import Path
 
-OUT = Path(__file__).resolve().parent.parent / "finetuning_suite" / "data"
+OUT = Path(__file__).resolve().parent.parent / "finetuning_suite" / "data" / "builtin"
 DAYS = list(calendar.day_name)
 NAMES = ["Ana", "Ben", "Chloe", "Dmitri", "Emeka", "Fatima", "Goro", "Hana", "Ivan", "Julia",
          "Kofi", "Lena", "Mateo", "Nia", "Omar", "Priya", "Quinn", "Rosa", "Sven", "Tara"]

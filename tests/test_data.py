@@ -5,7 +5,7 @@ import datasets
 import pytest
 
 from finetuning_suite import ConfigError, DatasetError, FineTuner
-from finetuning_suite.data import BUILTIN_DATASETS, load_source, split_dataset
+from finetuning_suite.data.sources import BUILTIN_DATASETS, load_source, split_dataset
 
 ROWS = [{"prompt": f"Q{i}", "completion": f"A{i}"} for i in range(10)]
 

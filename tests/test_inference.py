@@ -2,7 +2,7 @@
 import pytest
 
 from finetuning_suite import ConfigError, DefaultInferenceHandler, FineTuner, InferenceHandler
-from finetuning_suite.inference import render_prompt
+from finetuning_suite.infer.generation import render_prompt
 
 
 class Spy:

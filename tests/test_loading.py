@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from finetuning_suite import ConfigError, FineTuner, FineTuningError, ModelLoadError
-from finetuning_suite.device import resolve_device
-from finetuning_suite.embedded import CACHE_ENV, cache_dir, embedded_gguf_path
-from finetuning_suite.loading import EMBEDDED_SOURCE, ensure_pad_token, resolve_model_source
+from finetuning_suite.model.device import resolve_device
+from finetuning_suite.model.embedded import CACHE_ENV, cache_dir, embedded_gguf_path
+from finetuning_suite.model.loading import EMBEDDED_SOURCE, ensure_pad_token, resolve_model_source
 from tiny import gpt2_style_tokenizer
 
 
@@ -75,7 +75,7 @@ def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
 def test_missing_embedded_package_says_how_to_install(monkeypatch):
     import importlib.util
 
-    from finetuning_suite import embedded
+    from finetuning_suite.model import embedded
 
     real = importlib.util.find_spec
     monkeypatch.setattr(embedded.importlib.util, "find_spec",

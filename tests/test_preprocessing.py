@@ -4,9 +4,9 @@ import pytest
 from transformers import AutoConfig
 
 from finetuning_suite import DatasetError, DefaultPreprocessor, FineTuner, Preprocessor
-from finetuning_suite.formats import FALLBACK_CHAT_TEMPLATE, detect_format
-from finetuning_suite.preprocessing import IGNORE_INDEX
-from finetuning_suite.training import default_collator
+from finetuning_suite.data.formats import FALLBACK_CHAT_TEMPLATE, detect_format
+from finetuning_suite.data.preprocessing import IGNORE_INDEX
+from finetuning_suite.train.trainer_config import default_collator
 from tiny import gpt2_style_tokenizer, smol_tokenizer
 
 
@@ -204,7 +204,7 @@ def test_preprocess_data_without_a_dataset(tiny_llama):
 
 def test_training_prompt_is_exactly_the_generation_prompt(tiny_llama):
     """The tokens before the first trained label are the tokens generate() feeds the model."""
-    from finetuning_suite.inference import render_prompt
+    from finetuning_suite.infer.generation import render_prompt
 
     ft = FineTuner(tiny_llama, dataset_name=[{"prompt": "Capital of France?", "completion": "Paris"}])
     row = ft.preprocess_data()[0]

@@ -4,7 +4,7 @@ import torch
 from transformers import BitsAndBytesConfig
 
 from finetuning_suite import ConfigError, FineTuner
-from finetuning_suite.quantization import get_quantization_config
+from finetuning_suite.model.quantization import get_quantization_config
 
 
 def test_off_means_none():

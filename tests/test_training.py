@@ -17,7 +17,7 @@ def snapshot(model, lora: bool):
 
 def mean_loss(ft):
     """Mean loss of the model on its own tokenized training set."""
-    from finetuning_suite.training import default_collator
+    from finetuning_suite.train.trainer_config import default_collator
 
     collate = default_collator(ft.tokenizer, ft.model, ft.is_encoder_decoder, on_cpu=True)
     batch = collate([ft.tokenized_dataset[i] for i in range(len(ft.tokenized_dataset))])

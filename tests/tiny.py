@@ -12,7 +12,7 @@ from transformers import (AutoTokenizer, BartConfig, BartForConditionalGeneratio
                           GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, T5Config,
                           T5ForConditionalGeneration)
 
-from finetuning_suite.embedded import embedded_model_dir
+from finetuning_suite.model.embedded import embedded_model_dir
 
 
 # Larger than the usual 0.02: with a 49k vocabulary tied to 32-wide embeddings, a 0.02 init caps

@@ -8,7 +8,7 @@ import inspect
 
 import torch
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 # The spec's default: 4-bit NF4 with double quantization and bf16 compute (QLoRA).
 DEFAULT_4BIT = {

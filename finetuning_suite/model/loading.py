@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from .embedded import EMBEDDED_MODEL_NAME, converted_gguf_dir, embedded_model_dir
-from .errors import ModelLoadError
+from ..errors import ModelLoadError
 from .quantization import keep_cpu_4bit_weights_trainable
 
 logger = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ Every row becomes one of three canonical shapes before tokenization:
 """
 from __future__ import annotations
 
-from .errors import DatasetError
+from ..errors import DatasetError
 
 ROLES = ("system", "user", "assistant", "tool")
 _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import ConfigError, DeviceError
+from ..errors import ConfigError, DeviceError
 
 
 def default_device() -> str:

@@ -11,7 +11,7 @@ import difflib
 import functools
 from typing import Any, Protocol, runtime_checkable
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 DEFAULT_OUTPUT_DIR = "trained_model"
 
@@ -111,7 +111,7 @@ def default_collator(tokenizer, model, encoder_decoder: bool, on_cpu: bool):
     padded to a multiple of 8 for tensor-core friendly shapes."""
     from transformers import DataCollatorForSeq2Seq
 
-    from .preprocessing import IGNORE_INDEX
+    from ..data.preprocessing import IGNORE_INDEX
 
     return DataCollatorForSeq2Seq(tokenizer, model=model if encoder_decoder else None,
                                   label_pad_token_id=IGNORE_INDEX, pad_to_multiple_of=None if on_cpu else 8)

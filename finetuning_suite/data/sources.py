@@ -11,9 +11,9 @@ import json
 import os
 from pathlib import Path
 
-from .errors import DatasetError
+from ..errors import DatasetError
 
-BUILTIN_DIR = Path(__file__).parent / "data"
+BUILTIN_DIR = Path(__file__).parent / "builtin"
 BUILTIN_DATASETS = {
     "dialogue": "Short multi-turn assistant dialogues (chat `messages`), written for this project.",
     "iso_dates": "Rewrite a date such as 'March 5, 2021' as ISO 8601 '2021-03-05' (prompt/completion).",

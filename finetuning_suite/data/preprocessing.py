@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 from typing import Protocol, runtime_checkable
 
-from .errors import ConfigError, DatasetError
+from ..errors import ConfigError, DatasetError
 from .formats import FALLBACK_CHAT_TEMPLATE, canonical, detect_format, flatten_messages
-from .inference import context_window
+from ..infer.generation import context_window
 
 logger = logging.getLogger(__name__)
 

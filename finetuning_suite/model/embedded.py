@@ -22,7 +22,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .errors import ModelLoadError
+from ..errors import ModelLoadError
 
 logger = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ import argparse
 import logging
 import time
 
-from .data import load_source
-from .finetuner import FineTuner
-from .runinfo import write_json_atomic
-from .training import DefaultTrainerConfig
+from ..data.sources import load_source
+from ..finetuner import FineTuner
+from ..train.runinfo import write_json_atomic
+from ..train.trainer_config import DefaultTrainerConfig
 
 TASK = "iso_dates"
 

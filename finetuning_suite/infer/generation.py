@@ -9,7 +9,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 Prompt = str | list[dict[str, str]]
 
