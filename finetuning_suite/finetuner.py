@@ -1,8 +1,9 @@
 """`FineTuner`: the facade of the spec (`shared/spec/finetuner-class.md`).
 
-It only wires the pieces together: `loading` (model, tokenizer), `quantization`, `lora`,
-`data` + `preprocessing` (dataset -> tokens and labels), `training` (arguments + Trainer) and
-`inference` (generation). Each plug-in point is an object the caller may pass.
+It only wires the pieces together: `config` (the one configuration, validated), `model`
+(loading, quantization, LoRA / full fine-tuning), `data` (dataset -> tokens and labels, the chat
+template), `train` (arguments, defaults, Trainer, run record) and `infer` (generation,
+evaluation). Each plug-in point is an object the caller may pass.
 
     from finetuning_suite import FineTuner
     ft = FineTuner()                               # embedded SmolLM2-135M-Instruct, device auto
@@ -10,155 +11,129 @@ It only wires the pieces together: `loading` (model, tokenizer), `quantization`,
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import os
+import time
 from pathlib import Path
 
+from .config import FinetuneConfig
+from .data.chat_template import template_for
+from .data.preprocessing import DefaultPreprocessor
 from .data.sources import check_source, load_source, split_dataset
-from .model.device import default_dtype, resolve_device
 from .errors import ConfigError, DatasetError, FineTuningError, Problems
 from .infer.generation import DefaultInferenceHandler
-from .model.loading import (RUN_CONFIG_FILE, ensure_pad_token, load_config, load_model, load_tokenizer,
-                      resolve_model_source)
-from .model.lora import (SPEC_TARGET_MODULES, SPEC_TASK_TYPE, apply_lora, build_lora_config, load_lora,
-                   validate_lora_args)
-from .data.preprocessing import DefaultPreprocessor
-from .model.quantization import get_quantization_config, parse_dtype, validate_quantization_config
-from .train.runinfo import library_versions, timestamp, write_json_atomic
+from .model.device import default_dtype, parse_dtype, resolve_device
+from .model.facts import is_encoder_decoder
+from .model.loading import (RUN_CONFIG_FILE, RUN_YAML_FILE, load_pretrained, resolve_model_source,
+                            saved_settings)
+from .model.lora import SPEC_TARGET_MODULES, SPEC_TASK_TYPE, validate_lora_targets
+from .model.methods import prepare_model, trainable_summary
+from .model.quantization import get_quantization_config, validate_quantization_config
+from .train import defaults as auto_defaults
+from .train.meter import meter_callback
+from .train.report import write_report
+from .train.runinfo import run_record, write_json_atomic, write_text_atomic
 from .train.trainer_config import DefaultTrainerConfig
 
 logger = logging.getLogger(__name__)
 
+# Settings a trained run folder carries over when it is loaded again (so it generates and
+# trains on as it was trained); the caller's explicit arguments still win.
+_INHERITED = ("method", "quantize", "quantization_config", "dtype", "max_length", "format",
+              "column_map", "max_seq_length", "train_on_inputs", "use_chat_template", "do_sample",
+              "temperature", "top_p", "top_k", "repetition_penalty", "num_beams", "system_prompt")
+_PLUGINS = (("preprocessor", "__call__", "DefaultPreprocessor()"),
+            ("trainer_config", "build_trainer", "DefaultTrainerConfig()"),
+            ("inference_handler", "generate", "DefaultInferenceHandler()"))
+
 
 class FineTuner:
-    """Load a pretrained model, add LoRA (optionally on a 4-bit base), train it on a dataset,
-    and generate. Arguments as in the spec; those after `inference_handler` are extras:
-
-    lora_dropout: dropout on the LoRA path.
-    adapter_path: a trained adapter folder to load on top of `model_id`.
-    eval_fraction: hold out this fraction of rows for evaluation when the dataset has no
-        validation split.
-    dtype: weights dtype (default: fp32 on CPU/MPS, bf16 on CUDA when supported).
-    trust_remote_code: allow model repositories' own code (off by default).
+    """Load a pretrained model, adapt it (LoRA, QLoRA or full fine-tuning), train it on a
+    dataset, evaluate and generate. The arguments are the spec's; any other option of
+    `FinetuneConfig` may be given by name as a keyword (`method="full"`, `eval_fraction=0.1`,
+    `learning_rate=1e-3`, `lora_dropout=0.1`, `adapter_path=...`, `dtype="bfloat16"`, ...).
     """
 
     def __init__(self, model_id: str | None = None, device: str | None = None, dataset_name=None,
                  lora_r=16, lora_alpha=32, lora_target_modules=SPEC_TARGET_MODULES,
                  lora_bias="none", preprocessor=None, lora_task_type=SPEC_TASK_TYPE,
                  max_length=1000, quantize: bool = False, quantization_config: dict | None = None,
-                 trainer_config=None, inference_handler=None, *, lora_dropout: float = 0.05,
-                 adapter_path=None, eval_fraction: float | None = None, dtype=None,
-                 trust_remote_code: bool = False):
-        problems = Problems("FineTuner")
-        self._validate(problems, locals())
-        try:
-            self.device = resolve_device(device)
-        except FineTuningError as exc:
-            problems.items.append(str(exc))
-        problems.raise_if_any()
+                 trainer_config=None, inference_handler=None, **options):
+        given = {k: v for k, v in locals().items() if k not in ("self", "options", "__class__")}
+        self.config = build_config(given, options)
+        cfg = self.config
+        self.device = resolve_device(cfg.model.device)
 
-        self.dataset_name = dataset_name
-        self.max_length = max_length
-        self.eval_fraction = eval_fraction
-        self.preprocessor = preprocessor if preprocessor is not None else DefaultPreprocessor()
-        self.trainer_config = trainer_config if trainer_config is not None else DefaultTrainerConfig()
-        self.inference_handler = (inference_handler if inference_handler is not None
-                                  else DefaultInferenceHandler())
-        self.quantization_config = get_quantization_config(quantize, quantization_config)
-        self.dtype = parse_dtype(dtype, "dtype") if dtype is not None else default_dtype(self.device)
+        self.dataset_name = cfg.data.dataset_name
+        self.max_length = cfg.generation.max_length
+        self.eval_fraction = cfg.data.eval_fraction
+        self.preprocessor = preprocessor if preprocessor is not None else DefaultPreprocessor(
+            format=cfg.data.format, column_map=cfg.data.column_map,
+            max_seq_length=cfg.data.max_seq_length, train_on_inputs=cfg.data.train_on_inputs,
+            use_chat_template=cfg.data.use_chat_template)
+        self.trainer_config = trainer_config if trainer_config is not None else DefaultTrainerConfig(
+            **cfg.training_kwargs())
+        self.inference_handler = inference_handler if inference_handler is not None else \
+            DefaultInferenceHandler(**_generation_settings(cfg))
+        self.quantization_config = get_quantization_config(cfg.quantized, cfg.method.quantization_config)
+        self.dtype = (parse_dtype(cfg.model.dtype, "dtype") if cfg.model.dtype is not None
+                      else default_dtype(self.device))
 
-        self.source = resolve_model_source(model_id, adapter_path)
-        config = load_config(self.source, trust_remote_code)
-        self.tokenizer = load_tokenizer(self.source, trust_remote_code)
-        ensure_pad_token(self.tokenizer)
-        # Training pads on the right: left padding would shift Llama-style position ids between
-        # training and generation. Single-prompt generation needs no padding.
-        self.tokenizer.padding_side = "right"
-        base = load_model(self.source, config, self.device, self.dtype, self.quantization_config,
-                          trust_remote_code)
-        base.config.pad_token_id = self.tokenizer.pad_token_id
-        if getattr(base, "generation_config", None) is not None:
-            base.generation_config.pad_token_id = self.tokenizer.pad_token_id
-        quantized = self.quantization_config is not None
-        if self.source.adapter_path is None:
-            lora_config = build_lora_config(
-                base, r=lora_r, alpha=lora_alpha, dropout=lora_dropout, bias=lora_bias,
-                target_modules=lora_target_modules, task_type=lora_task_type)
-            self.model = apply_lora(base, lora_config, quantized)
-        else:
-            self.model = load_lora(base, self.source.adapter_path, quantized)
-        trainable, total = self.model.get_nb_trainable_parameters()
-        bits = f", {self._quant_bits()}-bit" if self._quant_bits() else ""
-        logger.info("Model %s on %s%s: %s trainable parameters of %s (%.2f%%).", self.source.source,
-                    self.device, bits, f"{trainable:,}", f"{total:,}", 100 * trainable / max(total, 1))
+        self.source = resolve_model_source(cfg.model.model_id, cfg.model.adapter_path)
+        base, self.tokenizer = load_pretrained(self.source, self.device, self.dtype,
+                                               self.quantization_config, cfg.model.trust_remote_code)
+        from transformers import set_seed
+
+        set_seed(cfg.training.seed)  # the adapter's initialisation is part of the run
+        m = cfg.method
+        self.model = prepare_model(
+            base, m.method, quantized=self.quantization_config is not None,
+            adapter_path=self.source.adapter_path,
+            lora_settings=dict(r=m.lora_r, alpha=m.lora_alpha, dropout=m.lora_dropout, bias=m.lora_bias,
+                               target_modules=m.lora_target_modules, task_type=m.lora_task_type,
+                               use_rslora=m.use_rslora))
+        trainable, total = trainable_summary(self.model)
+        logger.info("Model %s on %s, method %s%s: %s trainable parameters of %s (%.2f%%).",
+                    self.source.source, self.device, m.method, self._bits_note(), f"{trainable:,}",
+                    f"{total:,}", 100 * trainable / max(total, 1))
         self.tokenized_dataset = None
         self.eval_dataset = None
+        self.raw_eval_dataset = None
         self.data_stats: dict = {}
+        self.chosen_defaults: dict = {}
 
-    # -- construction helpers -------------------------------------------------------------
-    @staticmethod
-    def _validate(problems: Problems, args: dict) -> None:
-        model_id = args["model_id"]
-        if model_id is not None and not isinstance(model_id, (str, os.PathLike)):
-            problems.add("model_id", model_id, "must be a hub id, a local folder or .gguf path, or None "
-                         "for the embedded model.")
-        validate_lora_args(problems, lora_r=args["lora_r"], lora_alpha=args["lora_alpha"],
-                           lora_dropout=args["lora_dropout"], lora_bias=args["lora_bias"],
-                           lora_target_modules=args["lora_target_modules"],
-                           lora_task_type=args["lora_task_type"])
-        max_length = args["max_length"]
-        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length <= 0:
-            problems.add("max_length", max_length, "must be a positive integer: the most new tokens "
-                         "generate() produces, e.g. 256.")
-        if not isinstance(args["quantize"], bool):
-            problems.add("quantize", args["quantize"], "must be True or False.")
-        for issue in validate_quantization_config(args["quantization_config"]):
-            problems.add("quantization_config", args["quantization_config"], issue)
-        if args["quantization_config"] is not None and args["quantize"] is False:
-            problems.add("quantization_config", args["quantization_config"],
-                         "is given but quantize=False; pass quantize=True to use it.")
-        for name, method, example in (("preprocessor", "__call__", "DefaultPreprocessor()"),
-                                      ("trainer_config", "build_trainer", "DefaultTrainerConfig()"),
-                                      ("inference_handler", "generate", "DefaultInferenceHandler()")):
-            value = args[name]
-            if value is None:
-                continue
-            if isinstance(value, type):
-                problems.add(name, value, f"is a class; pass an instance, e.g. {name}={example}.")
-            elif not callable(getattr(value, method, None)):
-                problems.add(name, value, f"has no {method}() method; pass an object like {example}.")
-        if args["dtype"] is not None:
-            try:
-                parse_dtype(args["dtype"], "dtype")
-            except ConfigError as exc:
-                problems.items.append(str(exc))
-        fraction = args["eval_fraction"]
-        if fraction is not None and (isinstance(fraction, bool) or not isinstance(fraction, float)
-                                     or not 0 < fraction < 1):
-            problems.add("eval_fraction", fraction, "must be a float between 0 and 1, e.g. 0.1.")
-        issue = check_source(args["dataset_name"])
-        if issue:
-            problems.add("dataset_name", args["dataset_name"], issue)
+    @classmethod
+    def from_config(cls, config: FinetuneConfig, **objects) -> "FineTuner":
+        """A FineTuner from a `FinetuneConfig` (what `finetune train --config x.yaml` builds);
+        `objects` may carry a preprocessor, trainer_config or inference_handler."""
+        return cls(**config.to_flat(), **objects)
 
-    def _quant_bits(self) -> int:
+    # -- small helpers --------------------------------------------------------------------
+    def _bits(self) -> int:
         q = self.quantization_config
         return 0 if q is None else (4 if q.load_in_4bit else 8)
 
+    def _bits_note(self) -> str:
+        return f", {self._bits()}-bit" if self._bits() else ""
+
     def __repr__(self) -> str:
-        parts = [f"model={self.source.source!r}", f"device={self.device!r}"]
-        if self._quant_bits():
-            parts.append(f"{self._quant_bits()}-bit")
-        cfg = self.model.peft_config.get("default")
-        if cfg is not None:
-            targets = cfg.target_modules if isinstance(cfg.target_modules, str) else sorted(cfg.target_modules)
-            parts.append(f"lora_r={cfg.r}, lora_alpha={cfg.lora_alpha}, targets={targets}")
+        parts = [f"model={self.source.source!r}", f"device={self.device!r}",
+                 f"method={self.config.method.method!r}"]
+        if self._bits():
+            parts.append(f"{self._bits()}-bit")
+        peft_config = getattr(self.model, "peft_config", {}).get("default")
+        if peft_config is not None:
+            t = peft_config.target_modules
+            parts.append(f"lora_r={peft_config.r}, lora_alpha={peft_config.lora_alpha}, "
+                         f"targets={t if isinstance(t, str) else sorted(t)}")
         if isinstance(self.dataset_name, (str, os.PathLike)):
             parts.append(f"dataset={str(self.dataset_name)!r}")
         return f"FineTuner({', '.join(parts)})"
 
     @property
     def is_encoder_decoder(self) -> bool:
-        return bool(getattr(self.model.config, "is_encoder_decoder", False))
+        return is_encoder_decoder(self.model.config)
 
     # -- the spec's methods ---------------------------------------------------------------
     def __call__(self, prompt_text, max_length: int | None = None) -> str:
@@ -174,16 +149,26 @@ class FineTuner:
     def preprocess_data(self):
         """Load `dataset_name`, tokenize it with the preprocessor and return the tokenized
         training `Dataset` (raw columns removed). A validation split, if any, is kept in
-        `self.eval_dataset`."""
+        `self.eval_dataset` (tokenized) and `self.raw_eval_dataset` (as given)."""
         if self.dataset_name is None:
             raise ConfigError("preprocess_data() needs a dataset: pass FineTuner(dataset_name=...), "
                               "e.g. dataset_name='dialogue' or a path to a .jsonl file.")
-        seed = getattr(self.trainer_config, "training_args", {}).get("seed", 42)
-        train, eval_set = split_dataset(load_source(self.dataset_name), self.eval_fraction, seed)
+        train, eval_set = split_dataset(load_source(self.dataset_name), self.eval_fraction,
+                                        self.config.training.seed)
+        self._install_chat_template(train)
         self.data_stats = {}
         self.tokenized_dataset = self._tokenize(train, "train")
+        self.raw_eval_dataset = eval_set
         self.eval_dataset = self._tokenize(eval_set, "eval") if eval_set is not None else None
         return self.tokenized_dataset
+
+    def _install_chat_template(self, train) -> None:
+        """The one chat-template decision (`data.chat_template.template_for`), put on the
+        tokenizer before tokenizing so training, generation and the saved tokenizer agree."""
+        data_format = getattr(self.preprocessor, "data_format", None)
+        if data_format is None:
+            return
+        self.tokenizer.chat_template = template_for(self.tokenizer, self.model.config, data_format(train))
 
     def _tokenize(self, split, name: str):
         """Run the preprocessor on one split, check its output is what the trainer consumes, and
@@ -199,69 +184,227 @@ class FineTuner:
             )
         return dataset
 
-    def train(self, output_dir: str | None = None, num_train_epochs: float | None = None) -> dict:
-        """Fine-tune on the dataset; save the adapter, tokenizer and run config in `output_dir`.
-        Arguments left out come from `trainer_config`. Returns the training (and, with an eval
-        split, evaluation) metrics."""
+    def train(self, output_dir: str | None = None, num_train_epochs: float | None = None, *,
+              eval_before: bool | None = None) -> dict:
+        """Fine-tune on the dataset; save the adapter (or full model), tokenizer, run config and
+        report in `output_dir`. Arguments left out come from the configuration. Returns the
+        training metrics, and with an eval split the evaluation metrics (`eval_loss`, ...);
+        with `eval_before=True` also `before` and `after` evaluations."""
         problems = Problems("FineTuner.train")
-        if num_train_epochs is not None and (isinstance(num_train_epochs, bool)
-                                             or not isinstance(num_train_epochs, (int, float))
-                                             or num_train_epochs <= 0):
-            problems.add("num_train_epochs", num_train_epochs, "must be a positive number, e.g. 3.")
+        from .config import check_number
+
+        check_number(problems, "num_train_epochs", num_train_epochs)
+        if eval_before is not None and not isinstance(eval_before, bool):
+            problems.add("eval_before", eval_before, "must be True or False.")
         problems.raise_if_any()
-        args = self.trainer_config.training_arguments(
-            output_dir=output_dir, num_train_epochs=num_train_epochs,
-            encoder_decoder=self.is_encoder_decoder, device=self.device)
-        _check_output_dir(args.output_dir)
-        if args.num_train_epochs <= 0 and args.max_steps <= 0:
-            raise ConfigError(f"num_train_epochs={args.num_train_epochs!r} must be a positive number, e.g. 3.")
+        if eval_before is None:
+            eval_before = self.config.training.eval_before
         if self.tokenized_dataset is None:
             self.preprocess_data()  # may raise on bad data: nothing has been written yet
+        self.chosen_defaults = auto_defaults.choose_defaults(
+            self.config.method.method if not self._bits() else "qlora", len(self.tokenized_dataset))
+        args = self._training_arguments(output_dir, num_train_epochs)
+        out = _check_output_dir(args.output_dir)
+        started = time.time()
+        before = self.evaluate() if eval_before and self.raw_eval_dataset is not None else None
         trainer = self.trainer_config.build_trainer(
             model=self.model, args=args, tokenizer=self.tokenizer,
             train_dataset=self.tokenized_dataset, eval_dataset=self.eval_dataset,
             encoder_decoder=self.is_encoder_decoder)
+        trainer.add_callback(meter_callback(self.model, self.tokenized_dataset, out, self.dtype, self.device))
         metrics = dict(trainer.train().metrics)
+        after = None
         if self.eval_dataset is not None:
             metrics.update(trainer.evaluate())
-        self.save(args.output_dir, training_args=args, metrics=metrics)
+            if eval_before:
+                after = self.evaluate()
+                metrics.update(before=before, after=after)
+        record = self.save(out, training_args=args, metrics=metrics)
+        if args.process_index == 0:
+            record["wall_seconds"] = round(time.time() - started, 1)
+            paths = write_report(out, record, before, after)
+            logger.info("Run report: %s", paths["report"])
         return metrics
 
+    def _training_arguments(self, output_dir, num_train_epochs):
+        call = self.trainer_config.training_arguments
+        kwargs = dict(output_dir=output_dir, num_train_epochs=num_train_epochs,
+                      encoder_decoder=self.is_encoder_decoder, device=self.device)
+        if "defaults" in inspect.signature(call).parameters:
+            kwargs["defaults"] = self.chosen_defaults["training"]
+        args = call(**kwargs)
+        if args.num_train_epochs <= 0 and args.max_steps <= 0:
+            raise ConfigError(f"num_train_epochs={args.num_train_epochs!r} must be a positive number, e.g. 3.")
+        chosen = {k: getattr(args, k) for k in self.chosen_defaults["training"]}
+        logger.info("Training settings for %d examples (%s): %s", len(self.tokenized_dataset),
+                    self.chosen_defaults["rule"], ", ".join(f"{k}={v}" for k, v in chosen.items()))
+        return args
+
     # -- extras ---------------------------------------------------------------------------
-    def save(self, output_dir, training_args=None, metrics: dict | None = None) -> None:
-        """Save the adapter (PEFT safetensors), the tokenizer and `finetuner_config.json`. The
-        config is written last and atomically: its presence marks a complete save."""
+    def evaluate(self, dataset=None, *, max_new_tokens: int | None = None, batch_size: int = 16,
+                 limit: int | None = None) -> dict:
+        """Loss and perplexity on the eval split (or `dataset`), and on rows with a reference
+        answer, generation metrics: exact match, chrF, and the share of generations that ended
+        with EOS. Generation is batched and uses the same chat template as training.
+        `max_new_tokens` defaults to twice the longest reference plus 8, capped by max_length."""
+        from .infer.evaluate import evaluate_split
+
+        if dataset is None:
+            if self.tokenized_dataset is None and self.dataset_name is not None:
+                self.preprocess_data()
+            raw, tokenized = self.raw_eval_dataset, self.eval_dataset
+            if raw is None:
+                raise DatasetError("evaluate() has no eval split: the dataset has no validation "
+                                   "split; pass evaluate(dataset=...) or FineTuner(eval_fraction=0.1).")
+        else:
+            raw = split_dataset(load_source(dataset))[0]
+            tokenized = self._tokenize(raw, "evaluate")
+        if limit is not None:
+            raw = raw.select(range(min(limit, len(raw))))
+            tokenized = tokenized.select(range(min(limit, len(tokenized))))
+        return evaluate_split(self, raw, tokenized, max_new_tokens=max_new_tokens, batch_size=batch_size)
+
+    def save(self, output_dir, training_args=None, metrics: dict | None = None) -> dict:
+        """Save the adapter (PEFT safetensors; the whole model for method='full'), the tokenizer,
+        the resolved `config.yaml` and `finetuner_config.json`, written last and atomically: its
+        presence marks a complete save."""
         out = _check_output_dir(output_dir)
         self.model.save_pretrained(out, safe_serialization=True)
         self.tokenizer.save_pretrained(out)
-        write_json_atomic(out / RUN_CONFIG_FILE, self.run_config(training_args, metrics))
+        resolved = self.resolved_config(training_args, out)
+        write_text_atomic(out / RUN_YAML_FILE, resolved.to_yaml())
+        record = run_record(self, resolved, training_args, metrics)
+        write_json_atomic(out / RUN_CONFIG_FILE, record)
+        return record
 
-    def run_config(self, training_args=None, metrics: dict | None = None) -> dict:
-        peft_config = self.model.peft_config.get("default")
-        dataset = self.dataset_name if isinstance(self.dataset_name, (str, os.PathLike)) else (
-            type(self.dataset_name).__name__ if self.dataset_name is not None else None)
-        return {
-            "created": timestamp(),
-            "model": {
-                "source": self.source.source,
-                "adapter_loaded_from": self.source.adapter_path,
-                "model_type": getattr(self.model.config, "model_type", None),
-                "is_encoder_decoder": self.is_encoder_decoder,
-                "dtype": str(self.dtype),
-                "device": self.device,
-                "quantization": self.quantization_config.to_dict() if self.quantization_config else None,
-            },
-            "lora": peft_config.to_dict() if peft_config is not None else None,
-            "data": {"dataset": str(dataset) if dataset is not None else None,
-                     "preprocessor": type(self.preprocessor).__name__, "stats": self.data_stats,
-                     "eval_fraction": self.eval_fraction},
-            "generation": {"max_length": self.max_length,
-                           "inference_handler": type(self.inference_handler).__name__},
-            "training": training_args.to_dict() if training_args is not None else None,
-            "seed": training_args.seed if training_args is not None else None,
-            "metrics": metrics,
-            "versions": library_versions(),
-        }
+    def resolved_config(self, training_args=None, output_dir=None) -> FinetuneConfig:
+        """The configuration with automatic choices filled in, as `config.yaml` records it."""
+        import copy
+        import dataclasses
+
+        cfg = copy.deepcopy(self.config)
+        if not isinstance(self.dataset_name, (str, os.PathLike, type(None))):
+            cfg.data.dataset_name = None  # an in-memory dataset cannot be written to YAML
+        if output_dir is not None:
+            cfg.training.output_dir = str(output_dir)
+        if training_args is not None:
+            for f in dataclasses.fields(cfg.training):
+                if hasattr(training_args, f.name) and f.name != "output_dir":
+                    value = getattr(training_args, f.name)
+                    setattr(cfg.training, f.name, _yaml_value(value))
+        peft_config = getattr(self.model, "peft_config", {}).get("default")
+        if peft_config is not None and cfg.method.method != "full":
+            t = peft_config.target_modules
+            cfg.method.lora_target_modules = [t] if isinstance(t, str) else sorted(t)
+            cfg.method.lora_task_type = str(getattr(peft_config.task_type, "value", peft_config.task_type))
+        return cfg
+
+
+def _yaml_value(value):
+    value = getattr(value, "value", value)  # enums (schedulers, strategies) as their names
+    if isinstance(value, (list, tuple)):
+        return [getattr(v, "value", v) for v in value]
+    return value
+
+
+def _generation_settings(cfg: FinetuneConfig) -> dict:
+    g = cfg.generation
+    return dict(do_sample=g.do_sample, temperature=g.temperature, top_p=g.top_p, top_k=g.top_k,
+                repetition_penalty=g.repetition_penalty, num_beams=g.num_beams,
+                use_chat_template=cfg.data.use_chat_template, system_prompt=g.system_prompt)
+
+
+def build_config(given: dict, options: dict) -> FinetuneConfig:
+    """The validated FinetuneConfig for FineTuner's arguments: the spec's arguments (spec
+    defaults left alone mean "the model's own choice"), any other option by name, the settings of
+    a trained run folder passed as model_id, and a DefaultTrainerConfig's training arguments.
+    Every problem is collected and raised in one ConfigError."""
+    problems = Problems("FineTuner")
+    objects = {name: given.pop(name) for name, _, _ in _PLUGINS}
+    for name, method, example in _PLUGINS:
+        value = objects[name]
+        if value is None:
+            continue
+        if isinstance(value, type):
+            problems.add(name, value, f"is a class; pass an instance, e.g. {name}={example}.")
+        elif not callable(getattr(value, method, None)):
+            problems.add(name, value, f"has no {method}() method; pass an object like {example}.")
+    validate_lora_targets(problems, lora_target_modules=given["lora_target_modules"],
+                          lora_task_type=given["lora_task_type"])
+    model_id = given["model_id"]
+    if model_id is not None and not isinstance(model_id, (str, os.PathLike)):
+        problems.add("model_id", model_id, "must be a hub id, a local folder or .gguf path, or None "
+                     "for the embedded model.")
+        model_id = None
+    flat: dict = {}
+    try:
+        saved = saved_settings(model_id)
+    except FineTuningError as exc:
+        problems.items.append(str(exc))
+        saved = {}
+    flat.update({k: v for k, v in saved.items() if k in _INHERITED})
+    defaults = {name: p.default for name, p in inspect.signature(FineTuner.__init__).parameters.items()}
+    for name, value in given.items():
+        if name in flat and _same(value, defaults.get(name)):
+            continue  # left at its default: the run folder's setting stands
+        flat[name] = value
+    flat["lora_target_modules"] = _targets(given["lora_target_modules"])
+    task = given["lora_task_type"]
+    flat["lora_task_type"] = None if task is SPEC_TASK_TYPE else task
+    trainer_config = objects["trainer_config"]
+    if isinstance(trainer_config, DefaultTrainerConfig):
+        clash = {k for k in trainer_config.training_args if k in options
+                 and options[k] != trainer_config.training_args[k]}
+        for name in sorted(clash):
+            problems.add(name, options[name], f"differs from trainer_config's {name}="
+                         f"{trainer_config.training_args[name]!r}; give it in one place.")
+        flat.update(trainer_config.training_args)
+    if isinstance(options.get("lora_target_modules"), list):
+        options["lora_target_modules"] = _targets(options["lora_target_modules"])
+    flat.update(options)
+    if flat.get("quantize") and flat.get("method", "lora") == "lora":
+        flat["method"] = "qlora"
+    for issue in validate_quantization_config(flat.get("quantization_config")):
+        problems.add("quantization_config", flat.get("quantization_config"), issue)
+    issue = check_source(flat.get("dataset_name"))
+    if issue:
+        problems.add("dataset_name", flat.get("dataset_name"), issue)
+    try:
+        config = FinetuneConfig.from_flat(flat, where="FineTuner")
+    except ConfigError as exc:
+        problems.items.append(str(exc))
+        problems.raise_if_any()
+    try:
+        config.validate("FineTuner")
+    except ConfigError as exc:
+        problems.items.extend(line.strip()[2:] for line in str(exc).splitlines()[1:])
+    if config.model.dtype is not None:
+        try:
+            parse_dtype(config.model.dtype, "dtype")
+        except ConfigError as exc:
+            problems.items.append(str(exc))
+    try:
+        resolve_device(config.model.device)
+    except FineTuningError as exc:
+        problems.items.append(str(exc))
+    problems.raise_if_any()
+    return config
+
+
+def _targets(value):
+    """None for "the model's own choice"; a one-item ['all-linear'] (from a flag) as the string."""
+    if value is SPEC_TARGET_MODULES or value is None:
+        return None
+    if isinstance(value, (list, tuple)) and len(value) == 1 and value[0] == "all-linear":
+        return "all-linear"
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _same(a, b) -> bool:
+    try:
+        return a is b or (type(a) is type(b) and a == b)
+    except Exception:  # noqa: BLE001 - odd objects compare as different
+        return False
 
 
 def _check_output_dir(output_dir) -> Path:

@@ -4,7 +4,8 @@ import pytest
 from transformers import AutoConfig
 
 from finetuning_suite import DatasetError, DefaultPreprocessor, FineTuner, Preprocessor
-from finetuning_suite.data.formats import FALLBACK_CHAT_TEMPLATE, detect_format
+from finetuning_suite.data.chat_template import FALLBACK_CHAT_TEMPLATE
+from finetuning_suite.data.formats import detect_format
 from finetuning_suite.data.preprocessing import IGNORE_INDEX
 from finetuning_suite.train.trainer_config import default_collator
 from tiny import gpt2_style_tokenizer, smol_tokenizer
@@ -89,14 +90,15 @@ def test_prompt_completion_on_a_chat_model_uses_the_chat_template(llama_config):
     assert pre.stats["chat_template"] is True
 
 
-def test_chat_on_a_base_tokenizer_gets_a_saved_fallback_template(llama_config):
+def test_chat_on_a_base_tokenizer_uses_the_fallback_template_without_changing_it(llama_config):
     tok = gpt2_style_tokenizer()
     tok.pad_token = tok.unk_token
     ds, _ = run([{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}],
                 tok, llama_config)
-    assert tok.chat_template == FALLBACK_CHAT_TEMPLATE
+    assert tok.chat_template is None  # the preprocessor does not change the shared tokenizer
     assert tok.decode(ds[0]["input_ids"]) == f"user: hi\nassistant: hello{tok.eos_token}"
     assert trained_text(tok, ds[0]) == f" hello{tok.eos_token}"  # the space belongs to the answer token
+    tok.chat_template = FALLBACK_CHAT_TEMPLATE  # what FineTuner installs and saves
     prompt = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
     assert prompt == "user: hi\nassistant:"
 

@@ -26,15 +26,6 @@ FORMATS = {
 }
 _PAIR_FORMATS = {"prompt_completion", "input_output", "source_target", "question_answer"}
 
-# For tokenizers without a chat template (GPT-2, base models) trained on chat data. It is stored
-# with the tokenizer, so generation after training renders prompts exactly as training did. The
-# generation prompt ends at "assistant:" (no space) because BPE tokenizers glue the space to the
-# next word: the model then learns to emit " hello", the token it will be asked for.
-FALLBACK_CHAT_TEMPLATE = (  # newlines as expressions: HF renders templates with trim_blocks
-    "{% for message in messages %}{{ message['role'] + ': ' + message['content'] }}"
-    "{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %}{{ '\\n' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ 'assistant:' }}{% endif %}"
-)
 # For a base (non-chat) model, alpaca rows are rendered with the usual Alpaca prompt.
 ALPACA_PROMPT = "### Instruction:\n{instruction}\n\n### Response:\n"
 ALPACA_PROMPT_WITH_INPUT = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"

@@ -12,14 +12,14 @@ import logging
 from typing import Protocol, runtime_checkable
 
 from ..errors import ConfigError, DatasetError
-from .formats import FALLBACK_CHAT_TEMPLATE, canonical, detect_format, flatten_messages
-from ..infer.generation import context_window
+from ..model.facts import context_window, is_encoder_decoder
+from .chat_template import template_for, uses_chat_template
+from .formats import canonical, detect_format, flatten_messages
 
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 DEFAULT_MAX_SEQ_LENGTH = 2048
-MODEL_COLUMNS = ("input_ids", "attention_mask", "labels")
 
 
 @runtime_checkable
@@ -52,6 +52,7 @@ class DefaultPreprocessor:
         self.train_on_inputs = train_on_inputs
         self.use_chat_template = use_chat_template
         self.stats: dict = {}
+        self._template: str | None = None
 
     # -- the protocol ---------------------------------------------------------------------
     def __call__(self, dataset, tokenizer, model_config):
@@ -64,7 +65,7 @@ class DefaultPreprocessor:
         if len(dataset) == 0:
             raise DatasetError("The dataset is empty; add examples.")
         fmt = detect_format(dataset.column_names, self.format)
-        enc_dec = bool(getattr(model_config, "is_encoder_decoder", False))
+        enc_dec = is_encoder_decoder(model_config)
         if enc_dec and fmt == "text":
             raise DatasetError(
                 "Plain-text data cannot train an encoder-decoder (seq2seq) model, which needs "
@@ -108,14 +109,19 @@ class DefaultPreprocessor:
         window = context_window(model_config)
         return min(window or DEFAULT_MAX_SEQ_LENGTH, DEFAULT_MAX_SEQ_LENGTH)
 
+    def data_format(self, dataset) -> str:
+        """The format `__call__` will read `dataset` as (after column_map)."""
+        columns = [self.column_map.get(c, c) for c in dataset.column_names]
+        return detect_format(columns, self.format)
+
     def _chat_model(self, tokenizer, model_config, fmt: str) -> bool:
-        if getattr(model_config, "is_encoder_decoder", False):
-            return False
-        if fmt in ("messages", "sharegpt") and not getattr(tokenizer, "chat_template", None):
-            logger.info("The tokenizer has no chat template; using a plain 'role: content' template "
-                        "(saved with the tokenizer, so generation uses it too).")
-            tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
-        return bool(self.use_chat_template and getattr(tokenizer, "chat_template", None))
+        """Whether rows are rendered with a chat template; the template itself (the tokenizer's,
+        or the fallback for chat data on a template-less tokenizer) comes from `chat_template`,
+        the decision generation follows too. The tokenizer is not changed here."""
+        self._template = template_for(tokenizer, model_config, fmt)
+        if fmt in ("messages", "sharegpt") and not is_encoder_decoder(model_config):
+            return True  # chat data always goes through a template
+        return uses_chat_template(tokenizer, model_config, self.use_chat_template)
 
     def _finish(self, ids: list[int], labels: list[int], max_len: int) -> dict:
         truncated = len(ids) > max_len
@@ -157,7 +163,7 @@ class DefaultPreprocessor:
         if last >= 0:
             messages = messages[: last + 1]  # trailing user turns teach nothing
         render = lambda msgs, gen=False: tokenizer.apply_chat_template(  # noqa: E731
-            msgs, tokenize=False, add_generation_prompt=gen)
+            msgs, tokenize=False, add_generation_prompt=gen, chat_template=self._template)
         full = render(messages)
         spans = []
         for i, message in enumerate(messages):

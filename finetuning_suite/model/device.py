@@ -53,3 +53,23 @@ def default_dtype(device: str) -> torch.dtype:
     if device.startswith("cuda"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.float32
+
+
+_DTYPE_NAMES = {
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+}
+
+
+def parse_dtype(value, name: str) -> torch.dtype:
+    """A torch dtype from a dtype or a name like "bfloat16", "torch.float16" or "fp32"."""
+    if isinstance(value, torch.dtype):
+        return value
+    if isinstance(value, str):
+        key = value.lower().removeprefix("torch.")
+        if key in _DTYPE_NAMES:
+            return _DTYPE_NAMES[key]
+    raise ConfigError(
+        f"{name}={value!r} is not a dtype; use a torch dtype or one of {sorted(set(_DTYPE_NAMES))}."
+    )

@@ -20,12 +20,14 @@ from pathlib import Path
 import torch
 
 from .embedded import EMBEDDED_MODEL_NAME, converted_gguf_dir, embedded_model_dir
+from .facts import is_encoder_decoder
 from ..errors import ModelLoadError
 from .quantization import keep_cpu_4bit_weights_trainable
 
 logger = logging.getLogger(__name__)
 
 RUN_CONFIG_FILE = "finetuner_config.json"
+RUN_YAML_FILE = "config.yaml"  # the resolved FinetuneConfig of the run, flat YAML
 EMBEDDED_SOURCE = f"embedded:{EMBEDDED_MODEL_NAME}"
 
 
@@ -165,7 +167,7 @@ def ensure_pad_token(tokenizer) -> None:
 def model_class(config):
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-    return AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+    return AutoModelForSeq2SeqLM if is_encoder_decoder(config) else AutoModelForCausalLM
 
 
 def load_model(src: ModelSource, config, device: str, dtype: torch.dtype, quant_config=None,
@@ -185,3 +187,38 @@ def load_model(src: ModelSource, config, device: str, dtype: torch.dtype, quant_
     elif device == "cpu":
         keep_cpu_4bit_weights_trainable(model)
     return model
+
+
+def load_pretrained(src: ModelSource, device: str, dtype: torch.dtype, quant_config=None,
+                    trust_remote_code: bool = False):
+    """(model, tokenizer), ready for training and generation: a pad token distinct from EOS
+    where possible, its id on the model and generation configs, and right padding for training
+    (left padding would shift Llama-style position ids between training and generation; batched
+    generation pads on the left per call)."""
+    config = load_config(src, trust_remote_code)
+    tokenizer = load_tokenizer(src, trust_remote_code)
+    ensure_pad_token(tokenizer)
+    tokenizer.padding_side = "right"
+    model = load_model(src, config, device, dtype, quant_config, trust_remote_code)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def saved_settings(model_id) -> dict:
+    """The flat configuration a run folder was trained with (its `config.yaml`), or {} for
+    anything else. Reloading a run applies them, so it generates as it was trained."""
+    import yaml
+
+    if model_id is None:
+        return {}
+    path = Path(os.fspath(model_id)).expanduser() / RUN_YAML_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ModelLoadError(f"{str(path)!r} is not readable YAML ({exc}); the run folder is "
+                             "damaged: retrain, or delete config.yaml to load without its settings.") from exc
+    return data if isinstance(data, dict) else {}

@@ -13,6 +13,7 @@ from peft import LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_tr
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from torch import nn
 
+from .facts import is_encoder_decoder
 from ..errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -29,7 +30,6 @@ class _SpecDefault(str):
 SPEC_TARGET_MODULES = ["q", "v"]
 SPEC_TASK_TYPE = _SpecDefault(TaskType.SEQ_2_SEQ_LM.value)
 SUPPORTED_TASK_TYPES = (TaskType.CAUSAL_LM, TaskType.SEQ_2_SEQ_LM)
-LORA_BIAS_CHOICES = ("none", "all", "lora_only")
 
 # Query/value projection names by architecture family, for models peft's table does not know.
 _QV_CANDIDATES = (("q_proj", "v_proj"), ("q", "v"), ("query", "value"), ("c_attn",),
@@ -51,7 +51,7 @@ def parse_task_type(value) -> TaskType:
 
 def resolve_task_type(requested, is_encoder_decoder: bool) -> TaskType:
     fitting = TaskType.SEQ_2_SEQ_LM if is_encoder_decoder else TaskType.CAUSAL_LM
-    if requested is SPEC_TASK_TYPE:
+    if requested is None or requested is SPEC_TASK_TYPE:
         if fitting != TaskType.SEQ_2_SEQ_LM:
             logger.info("lora_task_type: the spec's default SEQ_2_SEQ_LM does not fit this "
                         "decoder-only model; using %s.", fitting.value)
@@ -81,7 +81,8 @@ def resolve_target_modules(model: nn.Module, requested) -> list[str] | str:
     names = adaptable_module_names(model)
     if isinstance(requested, str):  # "all-linear" or a regex: peft validates it
         return requested
-    if requested is SPEC_TARGET_MODULES:
+    if requested is None or requested is SPEC_TARGET_MODULES:
+        requested = SPEC_TARGET_MODULES
         if all(t in names for t in requested):
             return list(requested)
         model_type = getattr(model.config, "model_type", "")
@@ -101,34 +102,30 @@ def resolve_target_modules(model: nn.Module, requested) -> list[str] | str:
     return list(requested)
 
 
-def validate_lora_args(problems, *, lora_r, lora_alpha, lora_dropout, lora_bias,
-                       lora_target_modules, lora_task_type) -> None:
-    """Add every problem with the lora_* arguments to `problems` (an errors.Problems)."""
-    if isinstance(lora_r, bool) or not isinstance(lora_r, int) or lora_r <= 0:
-        problems.add("lora_r", lora_r, "must be a positive integer (the adapter rank), e.g. 16.")
-    if isinstance(lora_alpha, bool) or not isinstance(lora_alpha, (int, float)) or lora_alpha <= 0:
-        problems.add("lora_alpha", lora_alpha, "must be a positive number (LoRA scale = alpha / r), e.g. 32.")
-    if isinstance(lora_dropout, bool) or not isinstance(lora_dropout, (int, float)) or not 0 <= lora_dropout < 1:
-        problems.add("lora_dropout", lora_dropout, "must be a number in [0, 1), e.g. 0.05.")
-    if lora_bias not in LORA_BIAS_CHOICES:
-        problems.add("lora_bias", lora_bias, f"must be one of {list(LORA_BIAS_CHOICES)}.")
-    targets_ok = isinstance(lora_target_modules, str) or (
-        isinstance(lora_target_modules, (list, tuple)) and lora_target_modules
-        and all(isinstance(t, str) and t for t in lora_target_modules))
-    if not targets_ok:
-        problems.add("lora_target_modules", lora_target_modules,
-                     "must be a non-empty list of layer names such as ['q_proj', 'v_proj'], or 'all-linear'.")
-    if lora_task_type is not SPEC_TASK_TYPE:
+def validate_lora_targets(problems, *, lora_target_modules, lora_task_type) -> None:
+    """Add problems with the target modules and task type to `problems` (an errors.Problems);
+    None or the spec's defaults mean "the model's own choice"."""
+    if lora_target_modules is not None and lora_target_modules is not SPEC_TARGET_MODULES:
+        targets_ok = isinstance(lora_target_modules, str) or (
+            isinstance(lora_target_modules, (list, tuple)) and lora_target_modules
+            and all(isinstance(t, str) and t for t in lora_target_modules))
+        if not targets_ok:
+            problems.add("lora_target_modules", lora_target_modules,
+                         "must be a non-empty list of layer names such as ['q_proj', 'v_proj'], or 'all-linear'.")
+    if lora_task_type is not None and lora_task_type is not SPEC_TASK_TYPE:
         try:
             parse_task_type(lora_task_type)
         except ConfigError as exc:
             problems.items.append(str(exc))
 
 
-def build_lora_config(model, *, r, alpha, dropout, bias, target_modules, task_type) -> LoraConfig:
+def build_lora_config(model, *, r, alpha, dropout, bias, target_modules, task_type,
+                      use_rslora: bool = False) -> LoraConfig:
+    """peft's LoraConfig for `model`; `target_modules` / `task_type` None (or the spec's
+    defaults) mean: the model's own choice (see module docstring)."""
     from transformers.pytorch_utils import Conv1D
 
-    is_enc_dec = bool(getattr(model.config, "is_encoder_decoder", False))
+    is_enc_dec = is_encoder_decoder(model.config)
     targets = resolve_target_modules(model, target_modules)
     # GPT-2's Conv1D stores weights transposed; peft must be told (it warns and fixes otherwise).
     conv1d = any(isinstance(m, Conv1D) and (isinstance(targets, str) or name.split(".")[-1] in targets)
@@ -136,6 +133,7 @@ def build_lora_config(model, *, r, alpha, dropout, bias, target_modules, task_ty
     return LoraConfig(
         r=r, lora_alpha=alpha, lora_dropout=dropout, bias=bias, target_modules=targets,
         task_type=resolve_task_type(task_type, is_enc_dec), fan_in_fan_out=conv1d,
+        use_rslora=use_rslora,
     )
 
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import functools
-import importlib.util
 import inspect
 
 import torch
 
 from ..errors import ConfigError
+from .device import parse_dtype
 
 # The spec's default: 4-bit NF4 with double quantization and bf16 compute (QLoRA).
 DEFAULT_4BIT = {
@@ -18,30 +18,7 @@ DEFAULT_4BIT = {
     "bnb_4bit_compute_dtype": torch.bfloat16,
 }
 
-_DTYPE_NAMES = {
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
-}
 _DTYPE_KEYS = ("bnb_4bit_compute_dtype", "bnb_4bit_quant_storage")
-
-
-@functools.lru_cache(maxsize=None)
-def bitsandbytes_available() -> bool:
-    return importlib.util.find_spec("bitsandbytes") is not None
-
-
-def parse_dtype(value, name: str) -> torch.dtype:
-    """A torch dtype from a dtype or a name like "bfloat16", "torch.float16" or "fp32"."""
-    if isinstance(value, torch.dtype):
-        return value
-    if isinstance(value, str):
-        key = value.lower().removeprefix("torch.")
-        if key in _DTYPE_NAMES:
-            return _DTYPE_NAMES[key]
-    raise ConfigError(
-        f"{name}={value!r} is not a dtype; use a torch dtype or one of {sorted(set(_DTYPE_NAMES))}."
-    )
 
 
 @functools.lru_cache(maxsize=None)
@@ -85,7 +62,9 @@ def get_quantization_config(quantize: bool, quantization_config=None):
 
     if not quantize:
         return None
-    if not bitsandbytes_available():
+    from transformers.utils import is_bitsandbytes_available
+
+    if not is_bitsandbytes_available():
         raise ConfigError(
             "quantize=True needs the 'bitsandbytes' package: `pip install bitsandbytes`, "
             "or pass quantize=False."

@@ -49,3 +49,52 @@ def _jsonable(value):
 
 def timestamp() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write text through a temporary file in the same folder, renamed into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def run_record(ft, resolved, training_args=None, metrics: dict | None = None) -> dict:
+    """What `finetuner_config.json` holds: the model and how it was adapted, data format and
+    counts, the resolved configuration, training arguments, seed, metrics and versions."""
+    model = ft.model
+    peft_config = getattr(model, "peft_config", {}).get("default")
+    dataset = ft.dataset_name if isinstance(ft.dataset_name, (str, os.PathLike)) else (
+        type(ft.dataset_name).__name__ if ft.dataset_name is not None else None)
+    q = ft.quantization_config
+    return {
+        "created": timestamp(),
+        "model": {
+            "source": ft.source.source,
+            "adapter_loaded_from": ft.source.adapter_path,
+            "model_type": getattr(model.config, "model_type", None),
+            "is_encoder_decoder": ft.is_encoder_decoder,
+            "method": resolved.method.method,
+            "dtype": str(ft.dtype),
+            "device": ft.device,
+            "quantization": q.to_dict() if q is not None else None,
+        },
+        "lora": peft_config.to_dict() if peft_config is not None else None,
+        "data": {"dataset": str(dataset) if dataset is not None else None,
+                 "preprocessor": type(ft.preprocessor).__name__, "stats": ft.data_stats,
+                 "eval_fraction": ft.eval_fraction},
+        "generation": {"max_length": ft.max_length,
+                       "inference_handler": type(ft.inference_handler).__name__},
+        "chosen_defaults": ft.chosen_defaults,
+        "config": resolved.to_flat(),
+        "training": training_args.to_dict() if training_args is not None else None,
+        "seed": training_args.seed if training_args is not None else resolved.training.seed,
+        "metrics": metrics,
+        "versions": library_versions(),
+    }

@@ -7,32 +7,26 @@ the loss from `labels`), so each can be swapped on its own later.
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import functools
 from typing import Any, Protocol, runtime_checkable
 
+from ..config import suggest, training_argument_names
 from ..errors import ConfigError
-
-DEFAULT_OUTPUT_DIR = "trained_model"
-
-# Our defaults where they differ from TrainingArguments': a LoRA learning rate, frequent
-# logging for short runs, and one seed recorded with every run.
-TRAINING_DEFAULTS: dict[str, Any] = {
-    "num_train_epochs": 3,
-    "per_device_train_batch_size": 8,
-    "learning_rate": 2e-4,
-    "warmup_steps": 0.03,
-    "logging_steps": 10,
-    "report_to": "none",
-    "seed": 42,
-}
+from . import defaults as auto_defaults
+from .meter import tensorboard_available
 
 
-@functools.lru_cache(maxsize=None)
-def training_argument_names() -> frozenset[str]:
-    from transformers import Seq2SeqTrainingArguments
+def fixed_defaults() -> dict[str, Any]:
+    """The TrainingArguments values `config.TrainingConfig` fixes (logging every 10 steps, seed
+    42, no mid-run checkpoints, ...): the one place our defaults are written down. Options whose
+    default is "auto" come from `train.defaults.choose_defaults` instead."""
+    from ..config import NOT_TRAINING_ARGUMENTS, TrainingConfig
 
-    return frozenset(f.name for f in dataclasses.fields(Seq2SeqTrainingArguments) if f.init)
+    values = {f.name: f.default for f in dataclasses.fields(TrainingConfig)
+              if f.name not in NOT_TRAINING_ARGUMENTS and f.default is not None
+              and f.default is not dataclasses.MISSING}
+    values["report_to"] = ["tensorboard"] if tensorboard_available() else "none"
+    values["include_num_input_tokens_seen"] = "non_padding"  # tokens/s and MFU in metrics.jsonl
+    return values
 
 
 @runtime_checkable
@@ -60,10 +54,7 @@ class DefaultTrainerConfig:
     def __init__(self, **training_args: Any):
         unknown = sorted(set(training_args) - training_argument_names())
         if unknown:
-            hints = []
-            for name in unknown:
-                close = difflib.get_close_matches(name, training_argument_names(), n=1)
-                hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            hints = [f"{name!r}{suggest(name, training_argument_names())}" for name in unknown]
             raise ConfigError(
                 f"DefaultTrainerConfig: unknown TrainingArguments field(s) {', '.join(hints)}. "
                 "See transformers.TrainingArguments for the valid names."
@@ -74,14 +65,18 @@ class DefaultTrainerConfig:
         return f"DefaultTrainerConfig({', '.join(f'{k}={v!r}' for k, v in self.training_args.items())})"
 
     def training_arguments(self, *, output_dir=None, num_train_epochs=None, encoder_decoder=False,
-                           device="cpu"):
+                           device="cpu", defaults: dict | None = None):
+        """TrainingArguments from, in rising precedence: our fixed defaults, `defaults` (chosen
+        from the data by `train.defaults`; without them, the rule's values for an unknown size),
+        this config's own values, and the `output_dir` / `num_train_epochs` of the call."""
         import torch
         from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
-        kwargs = {**TRAINING_DEFAULTS, **self.training_args}
+        if defaults is None:
+            defaults = auto_defaults.choose_defaults("lora", None)["training"]
+        kwargs = {**fixed_defaults(), **defaults, **self.training_args}
         if output_dir is not None:
             kwargs["output_dir"] = str(output_dir)
-        kwargs.setdefault("output_dir", DEFAULT_OUTPUT_DIR)
         if num_train_epochs is not None:
             kwargs["num_train_epochs"] = num_train_epochs
         if device == "cpu":

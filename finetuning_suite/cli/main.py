@@ -1,0 +1,342 @@
+"""The `finetune` command (also `python -m finetuning_suite`).
+
+    finetune train --config recipes/smollm2_lora.yaml --num_train_epochs 1
+    finetune train --dataset_name iso_dates --output_dir runs/iso --print_config
+    finetune eval --model_id runs/iso --limit 20
+    finetune generate --model_id runs/iso --prompt "Rewrite as ISO 8601: May 1, 2020"
+    finetune chat --model_id runs/iso
+    finetune demo
+
+Every option is a flag spelled as its Python name (`--lora_r`, dashed aliases work too),
+generated from the dataclasses in `finetuning_suite.config` by transformers' HfArgumentParser;
+any other `TrainingArguments` field is accepted as `--name value`. `--config run.yaml` gives
+values, flags override them; `--print_config` prints the resolved YAML and exits.
+Bad input: one message on stderr, exit status 2 (`--debug` shows the traceback); Ctrl+C: 130.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import SECTIONS, FinetuneConfig, suggest, training_argument_names
+from ..errors import ConfigError, FineTuningError
+
+COMMANDS = {
+    "train": "fine-tune a model and write the adapter (or model), config.yaml and a report",
+    "eval": "loss, perplexity and generation metrics on a dataset's eval split",
+    "generate": "generate for one prompt (--prompt) or a file of prompts (--prompts_file)",
+    "chat": "talk to a model in the terminal (keeps the conversation; /reset, /exit)",
+    "demo": "the main job: teach the embedded model ISO dates, before/after",
+}
+
+
+class UsageError(Exception):
+    """Bad command-line input: reported in one line, exit status 2."""
+
+
+@dataclass
+class CliArguments:
+    """Options of the command itself."""
+
+    config: str | None = field(default=None, metadata={"help": "A YAML file of options (flat keys, "
+                               "as --print_config writes them); flags given too override it."})
+    print_config: bool = field(default=False, metadata={"help": "Print the resolved configuration "
+                               "as YAML and exit."})
+    debug: bool = field(default=False, metadata={"help": "Show full tracebacks."})
+
+
+@dataclass
+class EvalCliArguments:
+    """Options of `finetune eval`."""
+
+    limit: int | None = field(default=None, metadata={"help": "Evaluate at most this many rows."})
+    max_new_tokens: int | None = field(default=None, metadata={"help": "Generation length for the "
+                                       "metrics. Empty: max_length."})
+    output_file: str | None = field(default=None, metadata={"help": "Also write the metrics (with "
+                                    "every sample) to this JSON file."})
+
+
+@dataclass
+class GenerateCliArguments:
+    """Options of `finetune generate`."""
+
+    prompt: list[str] | None = field(default=None, metadata={"help": "One or more prompts."})
+    prompts_file: str | None = field(default=None, metadata={"help": "A text file, one prompt a "
+                                     "line, or a .jsonl file with a 'prompt' field."})
+
+
+_EXTRA = {"eval": EvalCliArguments, "generate": GenerateCliArguments}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with errors raised (one line, exit 2) instead of a usage dump."""
+
+    def error(self, message):
+        raise UsageError(f"{self.prog}: {message} (see `{self.prog} --help`)")
+
+
+def build_parser(command: str):
+    from transformers import HfArgumentParser
+
+    class Parser(HfArgumentParser, _Parser):
+        pass
+
+    types = [*SECTIONS.values(), CliArguments] + ([_EXTRA[command]] if command in _EXTRA else [])
+    parser = Parser(types, prog=f"finetune {command}", description=COMMANDS[command],
+                    epilog="Any other transformers.TrainingArguments field is accepted as "
+                           "--name value.")
+    for action in parser._actions:  # mappings come as YAML/JSON text on the command line
+        if action.dest in ("quantization_config", "column_map"):
+            action.type = _mapping(action.dest)
+    return parser, types
+
+
+def _mapping(name: str):
+    def parse(text: str) -> dict:
+        import yaml
+
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = None
+        if not isinstance(value, dict):
+            raise argparse.ArgumentTypeError(f"{name} must be a mapping such as "
+                                             "'{\"load_in_8bit\": true}', got {text!r}")
+        return value
+    return parse
+
+
+def read_yaml(path: str) -> dict:
+    import yaml
+
+    file = Path(path)
+    if not file.is_file():
+        raise UsageError(f"--config {path}: no such file; pass the path of a YAML file "
+                         "(see recipes/ for examples).")
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise UsageError(f"--config {path}:{where}: not valid YAML ({getattr(exc, 'problem', exc)}). "
+                         "Fix the file; `finetune train --print_config` shows the expected layout.") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UsageError(f"--config {path}: must be a mapping of option: value, got a "
+                         f"{type(data).__name__}.")
+    return data
+
+
+def parse_command_line(command: str, argv: list[str]) -> tuple[FinetuneConfig, dict]:
+    """(config, command options) from `--config` YAML and flags (flags win)."""
+    parser, types = build_parser(command)
+    pre = _Parser(add_help=False, prog=f"finetune {command}")
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv)
+    from_file = read_yaml(known.config) if known.config else {}
+    dests = {action.dest for action in parser._actions}
+    unknown = [k for k in from_file if k not in dests and k not in training_argument_names()]
+    if unknown:
+        listed = ", ".join(f"{k!r}{suggest(k, dests | training_argument_names())}" for k in unknown)
+        raise UsageError(f"--config {known.config}: unknown option(s) {listed}.")
+    parser.set_defaults(**{k: v for k, v in from_file.items() if k in dests})
+    extras = {k: v for k, v in from_file.items() if k not in dests}
+    *parsed, remaining = parser.parse_args_into_dataclasses(
+        args=argv, return_remaining_strings=True, look_for_args_file=False)
+    extras.update(_training_flags(command, remaining, dests))
+    by_type = dict(zip(types, parsed))
+    config = FinetuneConfig(**{key: by_type[cls] for key, cls in SECTIONS.items()},
+                            training_extras=extras)
+    options = {}
+    for cls in types[len(SECTIONS):]:
+        options.update(dataclasses.asdict(by_type[cls]))
+    return config, options
+
+
+def _training_flags(command: str, remaining: list[str], ours: set[str]) -> dict:
+    """`--name value` pairs for TrainingArguments fields that are not our own options."""
+    import yaml
+
+    out, i = {}, 0
+    names = training_argument_names()
+    while i < len(remaining):
+        flag = remaining[i]
+        name = flag[2:].replace("-", "_") if flag.startswith("--") else None
+        if name is None or name not in names:
+            hint = suggest(name, names | ours) if name else ""
+            raise UsageError(f"finetune {command}: unknown option {flag!r}{hint} (see "
+                             f"`finetune {command} --help`).")
+        if "=" in name:
+            name, value = name.split("=", 1)
+            i += 1
+        elif i + 1 < len(remaining) and not remaining[i + 1].startswith("--"):
+            value, i = remaining[i + 1], i + 2
+        else:
+            value, i = "true", i + 1
+        out[name] = yaml.safe_load(value)
+    return out
+
+
+# -- the commands -------------------------------------------------------------------------
+def cmd_train(config: FinetuneConfig, options: dict) -> int:
+    from ..finetuner import FineTuner
+
+    ft = FineTuner.from_config(config)
+    out = config.training.output_dir
+    try:
+        metrics = ft.train(eval_before=config.training.eval_before)
+    except KeyboardInterrupt:
+        checkpoints = sorted(Path(out).glob("checkpoint-*")) if Path(out).is_dir() else []
+        saved = (f"the last checkpoint is {checkpoints[-1]}" if checkpoints
+                 else "no checkpoint was saved (save_strategy/save_steps)")
+        print(f"\nInterrupted: the final model was not saved; {saved}.", file=sys.stderr)
+        return 130
+    shown = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    print(json.dumps(shown, indent=2))
+    print(f"Saved to {out}/ (report: {out}/report.html). Reload with: finetune chat --model_id {out}")
+    return 0
+
+
+def cmd_eval(config: FinetuneConfig, options: dict) -> int:
+    from ..finetuner import FineTuner
+
+    ft = FineTuner.from_config(config)
+    metrics = ft.evaluate(limit=options["limit"], max_new_tokens=options["max_new_tokens"])
+    if options["output_file"]:
+        from ..train.runinfo import write_json_atomic
+
+        write_json_atomic(options["output_file"], metrics)
+    print(json.dumps({k: v for k, v in metrics.items() if k != "samples"}, indent=2))
+    return 0
+
+
+def _prompts(options: dict) -> list[str]:
+    prompts = list(options["prompt"] or [])
+    if options["prompts_file"]:
+        path = Path(options["prompts_file"])
+        if not path.is_file():
+            raise UsageError(f"--prompts_file {path}: no such file.")
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if path.suffix == ".jsonl":
+            try:
+                prompts += [json.loads(line)["prompt"] for line in lines]
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise UsageError(f"--prompts_file {path}: each line must be a JSON object with a "
+                                 f"'prompt' ({exc}).") from exc
+        else:
+            prompts += lines
+    if not prompts:
+        raise UsageError("finetune generate: give --prompt TEXT or --prompts_file FILE.")
+    return prompts
+
+
+def cmd_generate(config: FinetuneConfig, options: dict) -> int:
+    from ..finetuner import FineTuner
+
+    prompts = _prompts(options)
+    ft = FineTuner.from_config(config)
+    batch = getattr(ft.inference_handler, "generate_batch", None)
+    if batch is not None:
+        texts = [g.text for g in batch(prompts, ft.model, ft.tokenizer, ft.device, ft.max_length)]
+    else:
+        texts = [ft.generate(p) for p in prompts]
+    for prompt, text in zip(prompts, texts):
+        if len(prompts) > 1:
+            print(f"### {prompt}")
+        print(text)
+    return 0
+
+
+def cmd_chat(config: FinetuneConfig, options: dict) -> int:
+    from ..finetuner import FineTuner
+
+    ft = FineTuner.from_config(config)
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print("Chat with the model. /reset starts over, /exit (or Ctrl+D) quits.")
+    messages: list[dict] = []
+    stream = getattr(ft.inference_handler, "stream", None)
+    while True:
+        if interactive:
+            print("you> ", end="", flush=True)
+        line = sys.stdin.readline()
+        if not line or line.strip() in ("/exit", "/quit"):
+            return 0
+        text = line.strip()
+        if not text:
+            continue
+        if text == "/reset":
+            messages = []
+            print("(conversation cleared)")
+            continue
+        messages.append({"role": "user", "content": text})
+        prompt = messages if ft.tokenizer.chat_template else text
+        print("assistant> ", end="", flush=True)
+        if stream is not None:
+            pieces = []
+            for piece in stream(prompt, ft.model, ft.tokenizer, ft.device, ft.max_length):
+                pieces.append(piece)
+                print(piece, end="", flush=True)
+            answer = "".join(pieces).strip()
+            print()
+        else:
+            answer = ft.generate(prompt)
+            print(answer)
+        messages.append({"role": "assistant", "content": answer})
+
+
+def cmd_demo(argv: list[str]) -> int:
+    from .demo import main as demo_main
+
+    demo_main(argv)
+    return 0
+
+
+_RUN = {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "chat": cmd_chat}
+
+
+def usage() -> str:
+    lines = ["usage: finetune <command> [--config run.yaml] [--option value ...]", "", "commands:"]
+    lines += [f"  {name:<9} {text}" for name, text in COMMANDS.items()]
+    lines += ["", "`finetune <command> --help` lists the options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if command not in COMMANDS:
+            raise UsageError(f"finetune: unknown command {command!r}{suggest(command, COMMANDS)}; "
+                             f"commands: {', '.join(COMMANDS)}.")
+        if command == "demo":
+            return cmd_demo(rest)
+        config, options = parse_command_line(command, rest)
+        config.validate(f"finetune {command}")
+        if options.get("print_config"):
+            print(config.to_yaml(), end="")
+            return 0
+        return _RUN[command](config, options)
+    except (UsageError, FineTuningError) as exc:
+        if debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nInterrupted.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
