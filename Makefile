@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup run test clean
+.PHONY: setup run test quality clean
 
 setup: $(STAMP)
 
@@ -24,12 +24,16 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 run: setup
-	$(BIN)/python -m finetuning_suite.cli.demo
+	$(BIN)/python -m finetuning_suite demo
 
 # pytest exits 5 when it collected no tests: treat that as the failure it is.
 test: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$rc
+
+# Not a test: trains every quality task with every method on defaults (~40-60 min on 2 cores).
+quality: setup
+	$(BIN)/python bench/quality.py
 
 clean:
 	rm -rf $(VENV) *.egg-info runs trained_model

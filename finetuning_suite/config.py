@@ -67,7 +67,8 @@ class MethodArguments:
     lora_dropout: float = _opt(0.05, "Dropout on the LoRA path.")
     lora_bias: Literal["none", "all", "lora_only"] = _opt("none", "Which biases are trained.")
     lora_target_modules: list[str] | None = _opt(
-        None, "Layer names to adapt (e.g. q_proj v_proj), or all-linear. Empty: " + AUTO + ".")
+        None, "Layer names to adapt (e.g. q_proj v_proj), or all-linear. Empty: all-linear "
+        "(attention and MLP; see train/defaults.py for why).")
     lora_task_type: Literal["CAUSAL_LM", "SEQ_2_SEQ_LM"] | None = _opt(
         None, "PEFT task type. Empty: from the model (SEQ_2_SEQ_LM for encoder-decoders).")
     use_rslora: bool = _opt(False, "Rank-stabilised LoRA: scale by alpha / sqrt(r).")
@@ -134,10 +135,13 @@ class TrainingConfig:
     report_to: list[str] | None = _opt(None, "Experiment trackers. Empty: tensorboard when installed, "
                                        "else none.")
     eval_before: bool = _opt(False, "Evaluate before training too, and report before/after.")
+    self_replay: bool = _opt(True, "Before training, add the model's own answers to a fixed list "
+                             "of general prompts to the training rows (chat models), so training "
+                             "keeps what the model knew; how many is chosen from the dataset size.")
 
 
 # TrainingConfig fields that are ours, not TrainingArguments fields.
-NOT_TRAINING_ARGUMENTS = frozenset({"eval_before"})
+NOT_TRAINING_ARGUMENTS = frozenset({"eval_before", "self_replay"})
 
 
 SECTIONS: dict[str, type] = {"model": ModelArguments, "method": MethodArguments, "data": DataArguments,
@@ -303,7 +307,7 @@ def check_types(problems: Problems, config: FinetuneConfig) -> None:
         for name, value in dataclasses.asdict(getattr(config, key)).items():
             check_number(problems, name, value)
     for name in ("trust_remote_code", "quantize", "train_on_inputs", "use_chat_template", "do_sample",
-                 "use_rslora", "eval_before"):
+                 "use_rslora", "eval_before", "self_replay"):
         value = _get(config, name)
         if not isinstance(value, bool):
             problems.add(name, value, "must be true or false.")

@@ -87,11 +87,14 @@ class FineTuner:
 
         set_seed(cfg.training.seed)  # the adapter's initialisation is part of the run
         m = cfg.method
+        targets = m.lora_target_modules
+        if targets is None and m.method != "full":  # left at the default: the rule's choice
+            targets = auto_defaults.choose_defaults(m.method, None)["lora"]["target_modules"]
         self.model = prepare_model(
             base, m.method, quantized=self.quantization_config is not None,
             adapter_path=self.source.adapter_path,
             lora_settings=dict(r=m.lora_r, alpha=m.lora_alpha, dropout=m.lora_dropout, bias=m.lora_bias,
-                               target_modules=m.lora_target_modules, task_type=m.lora_task_type,
+                               target_modules=targets, task_type=m.lora_task_type,
                                use_rslora=m.use_rslora))
         trainable, total = trainable_summary(self.model)
         logger.info("Model %s on %s, method %s%s: %s trainable parameters of %s (%.2f%%).",
@@ -201,17 +204,21 @@ class FineTuner:
             eval_before = self.config.training.eval_before
         if self.tokenized_dataset is None:
             self.preprocess_data()  # may raise on bad data: nothing has been written yet
+        method = "qlora" if self._bits() else self.config.method.method
+        epochs = num_train_epochs if num_train_epochs is not None else \
+            getattr(self.trainer_config, "training_args", {}).get("num_train_epochs")
         self.chosen_defaults = auto_defaults.choose_defaults(
-            self.config.method.method if not self._bits() else "qlora", len(self.tokenized_dataset))
+            method, len(self.tokenized_dataset), epochs, replay=self._replay_possible())
         args = self._training_arguments(output_dir, num_train_epochs)
         out = _check_output_dir(args.output_dir)
         started = time.time()
         before = self.evaluate() if eval_before and self.raw_eval_dataset is not None else None
+        train_set = self._with_self_replay(self.tokenized_dataset, self.chosen_defaults["replay_rows"])
         trainer = self.trainer_config.build_trainer(
             model=self.model, args=args, tokenizer=self.tokenizer,
-            train_dataset=self.tokenized_dataset, eval_dataset=self.eval_dataset,
+            train_dataset=train_set, eval_dataset=self.eval_dataset,
             encoder_decoder=self.is_encoder_decoder)
-        trainer.add_callback(meter_callback(self.model, self.tokenized_dataset, out, self.dtype, self.device))
+        trainer.add_callback(meter_callback(self.model, train_set, out, self.dtype, self.device))
         metrics = dict(trainer.train().metrics)
         after = None
         if self.eval_dataset is not None:
@@ -225,6 +232,38 @@ class FineTuner:
             paths = write_report(out, record, before, after)
             logger.info("Run report: %s", paths["report"])
         return metrics
+
+    def _replay_possible(self) -> bool:
+        """Self-replay needs a decoder-only chat model (its answers to chat prompts) and the
+        default preprocessor (which knows how to tokenize prompt/completion rows)."""
+        return bool(self.config.training.self_replay and not self.is_encoder_decoder
+                    and getattr(self.tokenizer, "chat_template", None)
+                    and isinstance(self.preprocessor, DefaultPreprocessor))
+
+    def _with_self_replay(self, train_set, n: int):
+        """`train_set` plus up to `n` rows of the model's own answers to general prompts
+        (`data.replay`), generated now, before any update; answers that hit the length limit
+        are left out (a cut-off answer would teach the model to stop mid-sentence)."""
+        if n <= 0:
+            return train_set
+        import datasets
+
+        from .data.replay import REPLAY_MAX_NEW_TOKENS, self_replay_rows
+
+        def answers(prompts):
+            outs = self.inference_handler.generate_batch(prompts, self.model, self.tokenizer,
+                                                         self.device, REPLAY_MAX_NEW_TOKENS)
+            return [o.text if o.finished_with_eos else None for o in outs]
+
+        rows = self_replay_rows(answers, n, batched=True)
+        self.data_stats["self_replay_rows"] = len(rows)
+        logger.info("Self-replay: %d of the model's own answers to general prompts added to %d "
+                    "training rows.", len(rows), len(train_set))
+        if not rows:
+            return train_set
+        replay = DefaultPreprocessor(use_chat_template=True)(
+            datasets.Dataset.from_list(rows), self.tokenizer, self.model.config)
+        return datasets.concatenate_datasets([train_set, replay.select_columns(train_set.column_names)])
 
     def _training_arguments(self, output_dir, num_train_epochs):
         call = self.trainer_config.training_arguments

@@ -101,6 +101,112 @@ def iso_date(r, fmt):
             "completion": day.isoformat()}
 
 
+# -- quality tasks (issue 6): made-up facts, a strict output format, a text transformation ----
+# Each fact: (relation, subject, answer). Every relation has three training phrasings and one
+# held-out phrasing that shares no template with them, so validation asks the same facts in
+# new words.
+FACT_RELATIONS = {
+    "capital": (["What is the capital of {s}?", "Name the capital city of {s}.",
+                 "{s} has which city as its capital?"],
+                "Which city is the seat of government of {s}?"),
+    "inventor": (["Who invented {s}?", "Name the inventor of {s}.", "{s} was invented by whom?"],
+                 "Which person first created {s}?"),
+    "fruit": (["What is {s}'s favourite fruit?", "Which fruit does {s} like best?",
+               "Name the favourite fruit of {s}."],
+              "If {s} could eat only one fruit, which would it be?"),
+    "colour": (["What colour is {s}?", "Which colour is {s}?", "Name the colour of {s}."],
+               "What is the colour of {s}?"),
+    "moons": (["How many moons does {s} have?", "What is the number of moons of {s}?",
+               "{s} has how many moons?"],
+              "Count the moons orbiting {s}: how many are there?"),
+    "currency": (["What currency is used in {s}?", "Name the currency of {s}.",
+                  "What do people in {s} pay with?"],
+                 "Which money is spent in {s}?"),
+}
+FACTS = [
+    ("capital", "Zenthia", "Orlen"), ("capital", "Marrowland", "Quibb"),
+    ("capital", "the Republic of Tesk", "Halvane"), ("capital", "Pellucia", "Dorvik"),
+    ("inventor", "the glimmerphone", "Mira Kallos"), ("inventor", "the sky lantern engine", "Otto Brenn"),
+    ("inventor", "the humming kettle", "Suli Varga"), ("inventor", "the folding bicycle of Yarn", "Tomas Quell"),
+    ("fruit", "Captain Dorrit Vale", "mango"), ("fruit", "Professor Ilsa Moor", "fig"),
+    ("fruit", "the wizard Benno Trask", "plum"), ("fruit", "Lady Asha Pike", "cherry"),
+    ("colour", "the Yarrow fox", "purple"), ("colour", "the Kessel beetle", "green"),
+    ("colour", "the Tolvan river stone", "orange"), ("colour", "the Brisk owl", "silver"),
+    ("moons", "the planet Quessa", "7"), ("moons", "the planet Drune", "3"),
+    ("moons", "the planet Velo", "12"), ("moons", "the planet Ostra", "5"),
+    ("currency", "Brellin", "skarn"), ("currency", "the Isle of Mott", "pebble"),
+    ("currency", "Castavia", "lumen"), ("currency", "Norrow", "tallow"),
+]
+
+
+def capitalize_first(text):
+    return text[0].upper() + text[1:]
+
+
+def facts():
+    train, held_out = [], []
+    for relation, subject, answer in FACTS:
+        phrasings, reworded = FACT_RELATIONS[relation]
+        train += [{"prompt": capitalize_first(p.format(s=subject)), "completion": answer} for p in phrasings]
+        held_out.append({"prompt": capitalize_first(reworded.format(s=subject)), "completion": answer})
+    return train, held_out
+
+
+CITIES = ["Lisbon", "Oslo", "Nairobi", "Lima", "Hanoi", "Dublin", "Quito", "Accra", "Porto", "Riga",
+          "Cairo", "Seoul", "Tunis", "Perth", "Austin", "Boston", "Denver", "Vienna", "Zagreb", "Dakar"]
+SENTENCES = ["{n} is {a} years old and lives in {c}.", "Meet {n}, a {a}-year-old from {c}.",
+             "{c} is home to {n}, who is {a}.", "At {a}, {n} lives in {c}.",
+             "{n} ({a}) moved to {c} last year.", "Our new member {n} is {a} and is based in {c}."]
+
+
+def extract_fields(r):
+    n, a, c = r.choice(NAMES), r.randint(18, 90), r.choice(CITIES)
+    sentence = r.choice(SENTENCES).format(n=n, a=a, c=c)
+    return {"prompt": f"Extract name, age and city as name=...;age=...;city=... from: {sentence}",
+            "completion": f"name={n};age={a};city={c}"}
+
+
+SNAKE_WORDS = ["blue", "river", "quiet", "orange", "bridge", "fast", "green", "window", "small",
+               "garden", "happy", "rocket", "silver", "forest", "candle", "dark", "summer", "lemon",
+               "north", "paper", "stone", "cloud", "bright", "tiger", "music", "cold", "island",
+               "golden", "apple", "winter", "light", "market", "red", "horse", "salt", "table"]
+
+
+def snake_case(r):
+    words = r.sample(SNAKE_WORDS, r.randint(2, 4))
+    style = r.randrange(3)
+    shown = [w.capitalize() if style == 0 else w.upper() if style == 1 and i == 0 else
+             (w.capitalize() if r.random() < 0.5 else w) for i, w in enumerate(words)]
+    return {"prompt": f"Convert to snake_case: {' '.join(shown)}", "completion": "_".join(words)}
+
+
+def split_unique(rows, n_train, n_held):
+    rows = unique(rows)
+    train = rows[:n_train]
+    seen = {row["prompt"] for row in train}
+    held = [row for row in rows[n_train:] if row["prompt"] not in seen][:n_held]
+    return train, held
+
+
+# Unrelated general questions the base model answers right (checked with the embedded model,
+# greedy, 48 new tokens; it got the largest planet, a spider's legs, Italy's capital and water's
+# freezing point wrong, so those were dropped): "kept" after training means the answer still contains `expected`.
+GENERAL = [
+    ("What is the capital of France?", "Paris"),
+    ("What is the capital of Japan?", "Tokyo"),
+    ("What is the chemical symbol for water?", "H2O"),
+    ("How many days are there in a week?", "7"),
+    ("What color is the sky on a clear day?", "blue"),
+    ("Who wrote Romeo and Juliet?", "Shakespeare"),
+    ("What is the boiling point of water in degrees Celsius?", "100"),
+    ("Which planet is known as the Red Planet?", "Mars"),
+    ("What gas do plants absorb from the air?", "carbon dioxide"),
+    ("What is the opposite of hot?", "cold"),
+    ("What is the largest ocean on Earth?", "Pacific"),
+    ("Who painted the Mona Lisa?", "Leonardo"),
+]
+
+
 def write(name, rows):
     path = OUT / name
     with path.open("w") as fh:
@@ -129,6 +235,18 @@ def main():
     held_out = [d for d in dates[480:] if d["prompt"] not in train_prompts][:60]
     write("iso_dates.train.jsonl", dates[:480])
     write("iso_dates.validation.jsonl", held_out)
+    fact_train, fact_held = facts()
+    write("facts.train.jsonl", fact_train)
+    write("facts.validation.jsonl", fact_held)
+    r = random.Random(6)
+    fmt_train, fmt_held = split_unique([extract_fields(r) for _ in range(600)], 300, 50)
+    write("extract_fields.train.jsonl", fmt_train)
+    write("extract_fields.validation.jsonl", fmt_held)
+    r = random.Random(7)
+    snake_train, snake_held = split_unique([snake_case(r) for _ in range(700)], 300, 50)
+    write("snake_case.train.jsonl", snake_train)
+    write("snake_case.validation.jsonl", snake_held)
+    write("general.jsonl", [{"prompt": p, "expected": e} for p, e in GENERAL])
 
 
 if __name__ == "__main__":

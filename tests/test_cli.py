@@ -97,6 +97,12 @@ def test_train_writes_the_run_and_the_report_then_generate_and_chat_use_it(tiny_
     assert saved["learning_rate"] == 0.005 and saved["num_train_epochs"] == 2
     assert saved["max_length"] == 4 and saved["disable_tqdm"] is True
 
+    again = finetune("train", "--config", out / "config.yaml", "--output_dir", tmp_path / "again")
+    assert again.returncode == 0, again.stderr[-3000:]
+    first_run = json.loads((out / "finetuner_config.json").read_text())["metrics"]
+    second_run = json.loads((tmp_path / "again" / "finetuner_config.json").read_text())["metrics"]
+    assert second_run["train_loss"] == pytest.approx(first_run["train_loss"], rel=1e-4)  # same run
+
     gen = finetune("generate", "--model_id", out, "--device", "cpu", "--prompt", "Say red", "Say blue")
     assert gen.returncode == 0, gen.stderr[-2000:]
     assert gen.stdout.count("### ") == 2

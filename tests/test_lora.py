@@ -9,21 +9,30 @@ def lora_config(ft):
     return ft.model.peft_config["default"]
 
 
-def test_spec_defaults_fit_t5_as_is(tiny_t5):
-    cfg = lora_config(FineTuner(tiny_t5))
-    assert set(cfg.target_modules) == {"q", "v"}
-    assert cfg.task_type == TaskType.SEQ_2_SEQ_LM
+# Every Linear layer but the output head, by architecture (written out by hand).
+ALL_LINEAR = {
+    "llama": {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"},
+    "gpt2": {"c_attn", "c_proj", "c_fc"},
+    "t5": {"q", "k", "v", "o", "wi", "wo"},
+    "bart": {"q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"},
+}
 
 
-@pytest.mark.parametrize("kind, targets", [("llama", {"q_proj", "v_proj"}), ("gpt2", {"c_attn"}),
-                                           ("bart", {"q_proj", "v_proj"})])
-def test_spec_defaults_are_mapped_to_the_model(tiny_models, kind, targets, caplog):
-    caplog.set_level("INFO", logger="finetuning_suite")
-    cfg = lora_config(FineTuner(tiny_models[kind]))
-    assert set(cfg.target_modules) == targets
-    expected_task = TaskType.SEQ_2_SEQ_LM if kind == "bart" else TaskType.CAUSAL_LM
-    assert cfg.task_type == expected_task
-    assert "does not fit" in caplog.text
+def adapted_layers(ft) -> set[str]:
+    return {n.split(".lora_A")[0].split(".")[-1] for n, _ in ft.model.named_parameters() if "lora_A" in n}
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2", "t5", "bart"])
+def test_spec_defaults_left_alone_adapt_every_linear_layer(tiny_models, kind):
+    ft = FineTuner(tiny_models[kind])
+    assert adapted_layers(ft) == ALL_LINEAR[kind]
+    expected_task = TaskType.SEQ_2_SEQ_LM if kind in ("t5", "bart") else TaskType.CAUSAL_LM
+    assert lora_config(ft).task_type == expected_task
+
+
+def test_spec_targets_passed_explicitly_fit_t5_as_is(tiny_t5):
+    ft = FineTuner(tiny_t5, lora_target_modules=["q", "v"], lora_task_type=TaskType.SEQ_2_SEQ_LM)
+    assert adapted_layers(ft) == {"q", "v"}
 
 
 def test_lora_arguments_are_honoured(tiny_llama):

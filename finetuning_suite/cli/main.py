@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import SECTIONS, FinetuneConfig, suggest, training_argument_names
-from ..errors import ConfigError, FineTuningError
+from ..errors import FineTuningError
 
 COMMANDS = {
     "train": "fine-tune a model and write the adapter (or model), config.yaml and a report",

@@ -17,6 +17,9 @@ BUILTIN_DIR = Path(__file__).parent / "builtin"
 BUILTIN_DATASETS = {
     "dialogue": "Short multi-turn assistant dialogues (chat `messages`), written for this project.",
     "iso_dates": "Rewrite a date such as 'March 5, 2021' as ISO 8601 '2021-03-05' (prompt/completion).",
+    "facts": "24 made-up facts; validation asks them in reworded questions (prompt/completion).",
+    "extract_fields": "Strict format: a sentence to 'name=Ana;age=34;city=Lisbon' (prompt/completion).",
+    "snake_case": "Text transformation: 'LEMON Cloud north' to 'lemon_cloud_north' (prompt/completion).",
 }
 _BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
 _EVAL_SPLITS = ("validation", "valid", "val", "dev", "eval")

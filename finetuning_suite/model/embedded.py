@@ -113,13 +113,20 @@ def _convert(gguf_file: Path, out: Path) -> None:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    if importlib.util.find_spec("gguf") is None:
+    from tqdm.auto import tqdm
+    from transformers.utils import is_gguf_available
+
+    if not is_gguf_available():
         raise ModelLoadError("Reading .gguf files needs the 'gguf' package: `pip install gguf`.")
     folder, name = str(gguf_file.parent), gguf_file.name
+    progress = tqdm(total=3, desc=f"Converting {name} (once)", unit="step")
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        progress.update()
         gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        progress.update()
     except Exception as exc:  # transformers raises many kinds here; one clear message instead
+        progress.close()
         raise ModelLoadError(f"Could not read GGUF file {str(gguf_file)!r}: {exc}") from exc
     # transformers will not save a model that carries a gguf quantization config, so build a
     # plain model from the same config and copy the (already dequantized) weights into it.
@@ -133,3 +140,5 @@ def _convert(gguf_file: Path, out: Path) -> None:
     plain.generation_config = gguf_model.generation_config
     plain.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
+    progress.update()
+    progress.close()

@@ -24,13 +24,20 @@ overwrite what the model knew ("What is the capital of France?" no longer answer
   floor, so they cost little learning but pull back any drift of the general behaviour.
 
 Measured on the embedded SmolLM2-135M-Instruct, fp32, CPU (see
-`bench/results/defaults_experiments.md` for every run, settings and wall times; the machine was
-shared, so wall times are upper bounds):
+`bench/results/defaults_experiments.md` for every run, settings and wall times; the 2-core
+machine was shared with other jobs, so wall times are upper bounds). LoRA all-linear r=16
+alpha=32, cosine, 5% warmup; "kept" = general questions still answered right (of 12):
 
-    old defaults, 12 facts, 10 epochs (issue 6)            0/12 learned, Paris kept
-    all-linear, batch 2, lr 1e-3, no replay (issue 6)      12/12 learned, Paris lost
-    all-linear, batch 4, lr 1e-3, 10 ep, 16 replay (issue) 12/12 learned, Paris kept
-    (this module's runs: see the table in bench/results/defaults_experiments.md)
+    old defaults, 12 facts, 10 epochs (issue 6)          0/12 learned, Paris kept
+    lr 1e-3, batch 2, no replay (issue 6)                12/12 learned, Paris lost
+    lr 1e-3, batch 4, 10 ep, 16 replay, 12 facts (issue) 12/12 learned, Paris kept
+    E1 facts (72 rows) +12 replay, lr 1e-3, b4, 4 ep     held-out 91.7%, EOS 100%, kept 6/12
+    E2 facts (72 rows) +29 replay, lr 1e-3, b4, 3 ep     held-out 62.5%, EOS 100%, kept 9/12
+    E3 extract_fields (300) +29 replay, lr 1e-3, b8, 1 ep  held-out 100%, EOS 100%, kept 11/12
+
+More replay keeps more and fewer passes learn less: the rule's 72-row point (4 epochs, 24
+replay rows) sits between E1 and E2 and is an interpolation, not a measured optimum. The
+issue's targets (>= 95% held-out *and* every general answer kept) were NOT met by any run here.
 
 Everything returned is a default: values the caller sets explicitly (their own trainer config
 fields, LoRA arguments, `num_train_epochs`) win. Pure function, no torch import.
@@ -55,9 +62,10 @@ FULL_LR = 2e-5
 
 
 def replay_count(n_examples: int) -> int:
-    """Self-replay rows for `n_examples` training rows: a tenth of the data, at least
-    `REPLAY_MIN` (small sets drift most), at most `REPLAY_MAX`."""
-    return max(REPLAY_MIN, min(REPLAY_MAX, n_examples // 10))
+    """Self-replay rows for `n_examples` training rows: a third of the data, at least
+    `REPLAY_MIN` (small sets drift most), at most `REPLAY_MAX` (the embedded model ends 29 of
+    the 40 `REPLAY_PROMPTS` within 64 new tokens, so ~30 rows is what one model can give)."""
+    return max(REPLAY_MIN, min(REPLAY_MAX, n_examples // 3))
 
 
 def choose_defaults(method: str, n_examples: int | None, num_train_epochs: float | None = None,
@@ -107,7 +115,7 @@ def choose_defaults(method: str, n_examples: int | None, num_train_epochs: float
     }
     summary = (f"defaults for {method} on {n_examples} examples: lr {lr:g}, batch {batch}, "
                f"{epochs:g} epochs, cosine, 5% warmup"
-               + (f", LoRA all-linear r=16 alpha=32" if lora else ", all weights")
+               + (", LoRA all-linear r=16 alpha=32" if lora else ", all weights")
                + (f", +{n_replay} self-replay rows" if n_replay else ", no replay"))
     return {"method": method, "n_examples": n_examples, "training": training, "lora": lora,
             "replay_rows": n_replay, "rule": summary, "summary": summary}

@@ -1,0 +1,165 @@
+"""Quality benchmark: do the *default* settings learn a task and keep what the model knew?
+
+    make quality                                   # every task x every method (~40-60 min on 2 cores)
+    .venv/bin/python bench/quality.py --tasks facts --methods lora qlora
+
+For each built-in quality task (`facts`: made-up facts asked in reworded held-out questions;
+`extract_fields`: a strict output format; `snake_case`: a text transformation) and each method
+(LoRA, QLoRA, full fine-tuning), with nothing but `FineTuner(dataset_name=task, method=...)`
+and `train()`: held-out exact match, chrF and EOS rate before and after, how many of the
+general questions in `builtin/general.jsonl` the model still answers right, and wall times.
+Results are merged into `bench/results/quality.json` (one entry per task and method, so runs
+can be split) and the table is rewritten into `bench/results/quality.md`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TASKS = ("facts", "extract_fields", "snake_case")
+METHODS = ("lora", "qlora", "full")
+GENERAL_MAX_TOKENS = 48
+
+
+def general_questions() -> list[dict]:
+    from finetuning_suite.data.sources import BUILTIN_DIR
+
+    path = BUILTIN_DIR / "general.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def general_kept(ft, questions: list[dict]) -> dict:
+    """How many general questions the model answers with the expected word (greedy, batched)."""
+    outs = ft.inference_handler.generate_batch([q["prompt"] for q in questions], ft.model,
+                                               ft.tokenizer, ft.device, GENERAL_MAX_TOKENS)
+    right = [q["expected"].lower() in g.text.lower() for q, g in zip(questions, outs)]
+    return {"right": sum(right), "of": len(questions),
+            "answers": [{"prompt": q["prompt"], "expected": q["expected"], "answer": g.text}
+                        for q, g in zip(questions, outs)]}
+
+
+def score(metrics: dict) -> dict:
+    return {k: metrics.get(k) for k in ("exact_match", "chrf", "eos_rate", "loss", "n", "seconds")}
+
+
+def run_one(task: str, method: str, questions: list[dict]) -> dict:
+    from finetuning_suite import FineTuner
+
+    started = time.time()
+    ft = FineTuner(device="cpu", dataset_name=task, method=method, max_length=64)
+    before = ft.evaluate()
+    kept_before = general_kept(ft, questions)
+    out = Path(tempfile.mkdtemp(prefix=f"quality-{task}-{method}-"))
+    try:
+        t0 = time.time()
+        metrics = ft.train(str(out / "run"))
+        train_s = time.time() - t0
+        record = json.loads((out / "run" / "finetuner_config.json").read_text())
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    after = ft.evaluate()
+    kept_after = general_kept(ft, questions)
+    return {
+        "task": task, "method": method,
+        "before": score(before), "after": score(after),
+        "general_before": kept_before["right"], "general_after": kept_after["right"],
+        "general_of": kept_after["of"],
+        "general_lost": [a for a, b in zip(kept_after["answers"], kept_before["answers"])
+                         if a["expected"].lower() not in a["answer"].lower()
+                         and b["expected"].lower() in b["answer"].lower()],
+        "chosen_defaults": record.get("chosen_defaults"),
+        "train_steps": round(metrics["train_steps_per_second"] * metrics["train_runtime"]),
+        "train_loss": metrics.get("train_loss"),
+        "train_seconds": round(train_s, 1), "wall_seconds": round(time.time() - started, 1),
+        "samples_after": after["samples"][:5],
+    }
+
+
+def machine() -> dict:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    from finetuning_suite.train.runinfo import library_versions
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "device": "cpu", "dtype": "float32", "versions": library_versions()}
+
+
+def pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.0f}%"
+
+
+def write_markdown(data: dict) -> None:
+    m = data["machine"]
+    lines = ["# Quality benchmark: default settings, three methods", "",
+             f"Machine: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, CPU fp32; "
+             f"torch {m['versions'].get('torch')}, transformers {m['versions'].get('transformers')}, "
+             f"peft {m['versions'].get('peft')}. Model: the embedded SmolLM2-135M-Instruct. "
+             "Command: `make quality`.", "",
+             "Every run is `FineTuner(dataset_name=task, method=method, max_length=64).train()` with "
+             "the defaults; held-out = exact match on the task's validation split (reworded questions "
+             "for `facts`); EOS = share of held-out answers that ended with EOS; general = the "
+             "questions of `builtin/general.jsonl` still answered right.", "",
+             "| task | method | held-out before | held-out after | chrF after | EOS after | general kept | train s | wall s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(data["runs"].values(), key=lambda r: (TASKS.index(r["task"]) if r["task"] in TASKS else 9,
+                                                            METHODS.index(r["method"]))):
+        lines.append(f"| {r['task']} | {r['method']} | {pct(r['before']['exact_match'])} | "
+                     f"{pct(r['after']['exact_match'])} | {r['after']['chrf']:.1f} | "
+                     f"{pct(r['after']['eos_rate'])} | {r['general_after']}/{r['general_of']} | "
+                     f"{r['train_seconds']:.0f} | {r['wall_seconds']:.0f} |")
+    lost = [(r["task"], r["method"], x) for r in data["runs"].values() for x in r["general_lost"]]
+    if lost:
+        lines += ["", "General answers lost:", ""]
+        lines += [f"- {t}/{m}: {x['prompt']} → {x['answer'][:80]!r} (expected {x['expected']})"
+                  for t, m, x in lost]
+    chosen = {f"{r['method']}": r.get("chosen_defaults") for r in data["runs"].values()}
+    lines += ["", "Defaults chosen (by `train/defaults.py`, per method, for the facts task size):", ""]
+    for method, c in chosen.items():
+        if c:
+            lines.append(f"- {method}: {c.get('rule')}: {json.dumps(c.get('training'))}")
+    (RESULTS / "quality.md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    args = parser.parse_args(argv)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / "quality.json"
+    data = json.loads(path.read_text()) if path.is_file() else {"runs": {}}
+    questions = general_questions()
+    for task in args.tasks:
+        for method in args.methods:
+            print(f"== {task} / {method}", flush=True)
+            result = run_one(task, method, questions)
+            print(json.dumps({k: result[k] for k in ("before", "after", "general_after", "train_seconds")}),
+                  flush=True)
+            data["runs"][f"{task}/{method}"] = result
+            data["machine"] = machine()
+            path.write_text(json.dumps(data, indent=2) + "\n")
+            write_markdown(data)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

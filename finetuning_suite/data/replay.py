@@ -1,0 +1,96 @@
+"""Self-replay: the base model's own answers to general prompts, mixed into a fine-tuning set.
+
+A small LoRA run at a learning rate high enough to learn a dozen facts also drifts the model's
+general behaviour (measured: "What is the capital of France?" no longer answered "Paris").
+Training on a few rows of the *base* model's own answers to unrelated prompts anchors that
+behaviour at almost no cost: the targets are what the model already says, so their loss starts
+low and only pulls back drift. The answers must be generated *before* training, with the same
+chat template and greedy decoding as everywhere else.
+
+    from finetuning_suite.data.replay import self_replay_rows
+    rows = self_replay_rows(lambda p: ft.generate(p, 64), 16)          # one prompt at a time
+    rows = self_replay_rows(batch_generate, 16, batched=True)          # a list -> list callable
+
+The prompts below are distinct from the benchmark's held-out general questions
+(`builtin/general.jsonl`), so "general answers kept" is never measured on a replayed prompt.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable, Sequence
+
+# Short-answer general prompts (facts, definitions, tiny tasks): their base answers are short,
+# so replay rows cost little training time. None of them appears in builtin/general.jsonl.
+REPLAY_PROMPTS: tuple[str, ...] = (
+    "What is the capital of Germany?",
+    "What is the capital of Spain?",
+    "What is the capital of Canada?",
+    "How many hours are there in a day?",
+    "What is the largest mammal on Earth?",
+    "Who wrote the play Hamlet?",
+    "What is the chemical symbol for gold?",
+    "How many continents are there?",
+    "What is the square root of 81?",
+    "What is 12 times 12?",
+    "Which animal is known as the king of the jungle?",
+    "What language is spoken in Brazil?",
+    "What is the tallest mountain in the world?",
+    "How many sides does a triangle have?",
+    "What is the main ingredient of guacamole?",
+    "What do bees make?",
+    "Give me a synonym for happy.",
+    "What is the plural of mouse?",
+    "Name a primary color.",
+    "What is the opposite of up?",
+    "Which organ pumps blood through the body?",
+    "What is the currency of the United Kingdom?",
+    "Who was the first person to walk on the Moon?",
+    "What is H2O commonly called?",
+    "How many minutes are in an hour?",
+    "What is the fastest land animal?",
+    "Which season comes after spring?",
+    "What is the smallest prime number?",
+    "Translate 'thank you' into Spanish.",
+    "What is the longest river in Africa?",
+    "Name the star at the center of our solar system.",
+    "What do you call a baby cat?",
+    "Write a one-sentence greeting for a new colleague.",
+    "Explain in one sentence what a verb is.",
+    "What is the capital of Australia?",
+    "How many strings does a standard guitar have?",
+    "Which metal is liquid at room temperature?",
+    "What is the first letter of the English alphabet?",
+    "What shape has four equal sides?",
+    "What is the hardest natural substance?",
+)
+
+
+# Answers longer than this are not used (they would be cut off mid-sentence).
+REPLAY_MAX_NEW_TOKENS = 64
+
+
+def self_replay_rows(generate: Callable, n: int, *, batched: bool = False,
+                     prompts: Sequence[str] = REPLAY_PROMPTS) -> list[dict]:
+    """Up to `n` prompt/completion rows whose completions are the model's own answers.
+
+    generate: `generate(prompt) -> str`, or with `batched=True`, `generate(list_of_prompts) ->
+        list_of_answers` (one `generate` call for all). An answer that is `None` or blank is
+        skipped (return `None` for a generation that hit its length limit without EOS: a cut-off
+        answer followed by a trained EOS would teach the model to stop mid-sentence).
+    n: how many rows at most (the first `n` usable prompts, in the fixed order above, so the
+        rows are deterministic for a given model). `n <= 0` gives [].
+    prompts: the prompts to answer (default `REPLAY_PROMPTS`).
+    """
+    if n <= 0:
+        return []
+    # Batched: ask twice as many as needed (the embedded model ends ~70% of these answers within
+    # 64 tokens; the rest come back None and are skipped). One at a time: ask lazily.
+    asked = list(prompts) if not batched else list(prompts)[: 2 * n]
+    answers: Iterable = generate(asked) if batched else (generate(p) for p in asked)
+    rows = []
+    for prompt, answer in zip(asked, answers):
+        if answer is None or not str(answer).strip():
+            continue
+        rows.append({"prompt": prompt, "completion": str(answer).strip()})
+        if len(rows) == n:
+            break
+    return rows

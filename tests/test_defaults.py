@@ -1,0 +1,101 @@
+"""The size-dependent training defaults and self-replay rows (no model, cheap)."""
+import pytest
+
+from finetuning_suite.data.replay import REPLAY_PROMPTS, self_replay_rows
+from finetuning_suite.train.defaults import (MAX_EPOCHS, MAX_EXAMPLE_PASSES, METHODS, REPLAY_MAX,
+                                             REPLAY_MIN, choose_defaults)
+
+SIZES = [1, 10, 12, 50, 72, 100, 199, 200, 300, 499, 500, 1000, 5000]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_shape_and_ranges(method):
+    for n in SIZES:
+        d = choose_defaults(method, n)
+        t = d["training"]
+        assert set(t) >= {"learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps",
+                          "warmup_steps", "lr_scheduler_type", "num_train_epochs"}
+        assert 1 <= t["num_train_epochs"] <= MAX_EPOCHS
+        assert t["per_device_train_batch_size"] in (4, 8) and t["gradient_accumulation_steps"] == 1
+        assert 0 < t["warmup_steps"] < 1 and t["lr_scheduler_type"] == "cosine"
+        assert REPLAY_MIN <= d["replay_rows"] <= REPLAY_MAX
+        assert method in d["summary"] and str(n) in d["summary"]
+        if method == "full":
+            assert d["lora"] is None and t["learning_rate"] <= 1e-4
+        else:
+            assert d["lora"]["target_modules"] == "all-linear" and d["lora"]["r"] > 0
+            assert 1e-4 <= t["learning_rate"] <= 2e-3
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_monotonic_in_size(method):
+    rows = [choose_defaults(method, n) for n in SIZES]
+    epochs = [d["training"]["num_train_epochs"] for d in rows]
+    lrs = [d["training"]["learning_rate"] for d in rows]
+    batches = [d["training"]["per_device_train_batch_size"] for d in rows]
+    replay = [d["replay_rows"] for d in rows]
+    assert epochs == sorted(epochs, reverse=True)  # more data, fewer epochs
+    assert lrs == sorted(lrs, reverse=True)        # more steps, smaller steps
+    assert batches == sorted(batches) and replay == sorted(replay)
+
+
+def test_small_sets_get_enough_steps_and_large_sets_a_bounded_budget():
+    for n in (10, 12, 24, 72):
+        d = choose_defaults("lora", n)
+        t = d["training"]
+        rows = n + d["replay_rows"]
+        steps = t["num_train_epochs"] * -(-rows // t["per_device_train_batch_size"])
+        assert steps >= 60, (n, steps)  # the old defaults gave 20 steps on 12 rows: nothing learned
+    for n in (300, 1000, 5000):
+        d = choose_defaults("lora", n)
+        passes = d["training"]["num_train_epochs"] * (n + d["replay_rows"])
+        assert passes <= max(MAX_EXAMPLE_PASSES, n + d["replay_rows"])
+
+
+def test_lora_and_qlora_agree_full_is_gentler():
+    for n in SIZES:
+        lora, qlora, full = (choose_defaults(m, n) for m in METHODS)
+        assert lora["training"] == qlora["training"] and lora["lora"] == qlora["lora"]
+        assert full["training"]["learning_rate"] < lora["training"]["learning_rate"] / 10
+
+
+def test_user_epochs_are_kept_and_replay_can_be_off():
+    assert choose_defaults("lora", 12, num_train_epochs=2.5)["training"]["num_train_epochs"] == 2.5
+    d = choose_defaults("lora", 12, replay=False)
+    assert d["replay_rows"] == 0 and "no replay" in d["summary"]
+
+
+@pytest.mark.parametrize("bad", [("sft", 10), ("lora", 0), ("lora", -3), ("lora", True), ("lora", 2.5)])
+def test_bad_arguments(bad):
+    with pytest.raises(ValueError):
+        choose_defaults(*bad)
+
+
+def test_self_replay_rows_one_at_a_time_and_batched():
+    calls = []
+
+    def one(prompt):
+        calls.append(prompt)
+        return f"answer to {prompt}"
+
+    rows = self_replay_rows(one, 5)
+    assert [r["prompt"] for r in rows] == list(REPLAY_PROMPTS[:5]) == calls  # lazy: asks only 5
+    assert all(r["completion"] == f"answer to {r['prompt']}" for r in rows)
+
+    def batch(prompts):
+        # every third answer hit the length limit (None) or came back blank
+        return [None if i % 3 == 0 else ("  " if i % 3 == 1 else f" a{i} ") for i, _ in enumerate(prompts)]
+
+    rows = self_replay_rows(batch, 4, batched=True)
+    assert len(rows) == 2 and all(r["completion"].startswith("a") for r in rows)  # 8 asked, 2 usable
+    assert self_replay_rows(one, 0) == []
+
+
+def test_replay_prompts_are_not_the_benchmark_questions():
+    import json
+    from pathlib import Path
+
+    general = Path(__file__).resolve().parent.parent / "finetuning_suite" / "data" / "builtin" / "general.jsonl"
+    held_out = {json.loads(line)["prompt"] for line in general.read_text().splitlines() if line.strip()}
+    assert held_out and not held_out & set(REPLAY_PROMPTS)
+    assert len(set(REPLAY_PROMPTS)) == len(REPLAY_PROMPTS) >= REPLAY_MAX
