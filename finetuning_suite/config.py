@@ -39,6 +39,8 @@ def _opt(default, help_text: str):
 class ModelArguments:
     """Which model, where, in what precision."""
 
+    _argument_group_name = "model"  # the --help section (HfArgumentParser)
+
     model_id: str | None = _opt(None, "A local model folder, a .gguf file, a folder written by "
                                 "train() (adapter or full model), or a hub id already in the local "
                                 "HF cache. Empty: the embedded SmolLM2-135M-Instruct.")
@@ -53,6 +55,8 @@ class ModelArguments:
 @dataclass
 class MethodArguments:
     """How the model is adapted: LoRA, QLoRA (LoRA on a 4-bit base) or full fine-tuning."""
+
+    _argument_group_name = "method (LoRA, QLoRA, full)"  # the --help section (HfArgumentParser)
 
     method: Literal["lora", "qlora", "full"] = _opt(
         "lora", "lora: low-rank adapters on a frozen base; qlora: the same on a 4-bit NF4 base "
@@ -78,6 +82,8 @@ class MethodArguments:
 class DataArguments:
     """What to train on and how rows become tokens and labels."""
 
+    _argument_group_name = "data"  # the --help section (HfArgumentParser)
+
     dataset_name: str | None = _opt(None, "A built-in name (dialogue, iso_dates, ...), a .json/.jsonl/"
                                     ".csv/.parquet/.txt file, a save_to_disk folder, or a hub dataset "
                                     "in the local cache.")
@@ -97,6 +103,8 @@ class DataArguments:
 class GenerationArguments:
     """How text is generated (generate, chat, evaluation)."""
 
+    _argument_group_name = "generation"  # the --help section (HfArgumentParser)
+
     max_length: int = _opt(1000, "The most new tokens a generation produces (capped so prompt + "
                            "answer fit the context window).")
     do_sample: bool = _opt(False, "Sample instead of greedy decoding.")
@@ -114,6 +122,8 @@ class TrainingConfig:
 
     Other TrainingArguments fields may be given as a YAML key or `--flag`; they are passed
     through unchanged (`FinetuneConfig.training_extras`)."""
+
+    _argument_group_name = "training (TrainingArguments names)"  # the --help section (HfArgumentParser)
 
     output_dir: str = _opt("trained_model", "Where the adapter (or full model), tokenizer, config "
                            "and report are written.")
@@ -311,16 +321,14 @@ def check_types(problems: Problems, config: FinetuneConfig) -> None:
         value = _get(config, name)
         if not isinstance(value, bool):
             problems.add(name, value, "must be true or false.")
-    for name in ("model_id", "adapter_path", "dtype", "system_prompt"):
+    for name in ("model_id", "adapter_path", "system_prompt"):
         value = _get(config, name)
-        if value is not None and not isinstance(value, (str,)) and not hasattr(value, "__fspath__") \
-                and name != "dtype":
+        if value is not None and not isinstance(value, str) and not hasattr(value, "__fspath__"):
             problems.add(name, value, "must be a string (a name or a path).")
-    for name in ("column_map", "quantization_config"):
-        value = _get(config, name)
-        if value is not None and not isinstance(value, dict) and name == "column_map":
-            problems.add(name, value, "must be a mapping of old to new column names, e.g. "
-                         "{question: prompt, answer: completion}.")
+    column_map = config.data.column_map
+    if column_map is not None and not isinstance(column_map, dict):
+        problems.add("column_map", column_map, "must be a mapping of old to new column names, e.g. "
+                     "{question: prompt, answer: completion}.")
 
 
 def check_values(problems: Problems, config: FinetuneConfig) -> None:

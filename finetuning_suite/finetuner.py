@@ -17,19 +17,19 @@ import os
 import time
 from pathlib import Path
 
+from .arguments import build_config, generation_settings
 from .config import FinetuneConfig
 from .data.chat_template import template_for
 from .data.preprocessing import DefaultPreprocessor
-from .data.sources import check_source, load_source, split_dataset
-from .errors import ConfigError, DatasetError, FineTuningError, Problems
+from .data.sources import load_source, split_dataset
+from .errors import ConfigError, DatasetError, Problems
 from .infer.generation import DefaultInferenceHandler
 from .model.device import default_dtype, parse_dtype, resolve_device
 from .model.facts import is_encoder_decoder
-from .model.loading import (RUN_CONFIG_FILE, RUN_YAML_FILE, load_pretrained, resolve_model_source,
-                            saved_settings)
-from .model.lora import SPEC_TARGET_MODULES, SPEC_TASK_TYPE, validate_lora_targets
+from .model.loading import RUN_CONFIG_FILE, RUN_YAML_FILE, load_pretrained, resolve_model_source
+from .model.lora import SPEC_TARGET_MODULES, SPEC_TASK_TYPE
 from .model.methods import prepare_model, trainable_summary
-from .model.quantization import get_quantization_config, validate_quantization_config
+from .model.quantization import get_quantization_config
 from .train import defaults as auto_defaults
 from .train.meter import meter_callback
 from .train.report import write_report
@@ -37,16 +37,6 @@ from .train.runinfo import run_record, write_json_atomic, write_text_atomic
 from .train.trainer_config import DefaultTrainerConfig
 
 logger = logging.getLogger(__name__)
-
-# Settings a trained run folder carries over when it is loaded again (so it generates and
-# trains on as it was trained); the caller's explicit arguments still win.
-_INHERITED = ("method", "quantize", "quantization_config", "dtype", "max_length", "format",
-              "column_map", "max_seq_length", "train_on_inputs", "use_chat_template", "do_sample",
-              "temperature", "top_p", "top_k", "repetition_penalty", "num_beams", "system_prompt")
-_PLUGINS = (("preprocessor", "__call__", "DefaultPreprocessor()"),
-            ("trainer_config", "build_trainer", "DefaultTrainerConfig()"),
-            ("inference_handler", "generate", "DefaultInferenceHandler()"))
-
 
 class FineTuner:
     """Load a pretrained model, adapt it (LoRA, QLoRA or full fine-tuning), train it on a
@@ -61,7 +51,7 @@ class FineTuner:
                  max_length=1000, quantize: bool = False, quantization_config: dict | None = None,
                  trainer_config=None, inference_handler=None, **options):
         given = {k: v for k, v in locals().items() if k not in ("self", "options", "__class__")}
-        self.config = build_config(given, options)
+        self.config = build_config(given, options, FineTuner.__init__)
         cfg = self.config
         self.device = resolve_device(cfg.model.device)
 
@@ -75,7 +65,7 @@ class FineTuner:
         self.trainer_config = trainer_config if trainer_config is not None else DefaultTrainerConfig(
             **cfg.training_kwargs())
         self.inference_handler = inference_handler if inference_handler is not None else \
-            DefaultInferenceHandler(**_generation_settings(cfg))
+            DefaultInferenceHandler(**generation_settings(cfg))
         self.quantization_config = get_quantization_config(cfg.quantized, cfg.method.quantization_config)
         self.dtype = (parse_dtype(cfg.model.dtype, "dtype") if cfg.model.dtype is not None
                       else default_dtype(self.device))
@@ -344,106 +334,6 @@ def _yaml_value(value):
     if isinstance(value, (list, tuple)):
         return [getattr(v, "value", v) for v in value]
     return value
-
-
-def _generation_settings(cfg: FinetuneConfig) -> dict:
-    g = cfg.generation
-    return dict(do_sample=g.do_sample, temperature=g.temperature, top_p=g.top_p, top_k=g.top_k,
-                repetition_penalty=g.repetition_penalty, num_beams=g.num_beams,
-                use_chat_template=cfg.data.use_chat_template, system_prompt=g.system_prompt)
-
-
-def build_config(given: dict, options: dict) -> FinetuneConfig:
-    """The validated FinetuneConfig for FineTuner's arguments: the spec's arguments (spec
-    defaults left alone mean "the model's own choice"), any other option by name, the settings of
-    a trained run folder passed as model_id, and a DefaultTrainerConfig's training arguments.
-    Every problem is collected and raised in one ConfigError."""
-    problems = Problems("FineTuner")
-    objects = {name: given.pop(name) for name, _, _ in _PLUGINS}
-    for name, method, example in _PLUGINS:
-        value = objects[name]
-        if value is None:
-            continue
-        if isinstance(value, type):
-            problems.add(name, value, f"is a class; pass an instance, e.g. {name}={example}.")
-        elif not callable(getattr(value, method, None)):
-            problems.add(name, value, f"has no {method}() method; pass an object like {example}.")
-    validate_lora_targets(problems, lora_target_modules=given["lora_target_modules"],
-                          lora_task_type=given["lora_task_type"])
-    model_id = given["model_id"]
-    if model_id is not None and not isinstance(model_id, (str, os.PathLike)):
-        problems.add("model_id", model_id, "must be a hub id, a local folder or .gguf path, or None "
-                     "for the embedded model.")
-        model_id = None
-    flat: dict = {}
-    try:
-        saved = saved_settings(model_id)
-    except FineTuningError as exc:
-        problems.items.append(str(exc))
-        saved = {}
-    flat.update({k: v for k, v in saved.items() if k in _INHERITED})
-    defaults = {name: p.default for name, p in inspect.signature(FineTuner.__init__).parameters.items()}
-    for name, value in given.items():
-        if name in flat and _same(value, defaults.get(name)):
-            continue  # left at its default: the run folder's setting stands
-        flat[name] = value
-    flat["lora_target_modules"] = _targets(given["lora_target_modules"])
-    task = given["lora_task_type"]
-    flat["lora_task_type"] = None if task is SPEC_TASK_TYPE else task
-    trainer_config = objects["trainer_config"]
-    if isinstance(trainer_config, DefaultTrainerConfig):
-        clash = {k for k in trainer_config.training_args if k in options
-                 and options[k] != trainer_config.training_args[k]}
-        for name in sorted(clash):
-            problems.add(name, options[name], f"differs from trainer_config's {name}="
-                         f"{trainer_config.training_args[name]!r}; give it in one place.")
-        flat.update(trainer_config.training_args)
-    if isinstance(options.get("lora_target_modules"), list):
-        options["lora_target_modules"] = _targets(options["lora_target_modules"])
-    flat.update(options)
-    if flat.get("quantize") and flat.get("method", "lora") == "lora":
-        flat["method"] = "qlora"
-    for issue in validate_quantization_config(flat.get("quantization_config")):
-        problems.add("quantization_config", flat.get("quantization_config"), issue)
-    issue = check_source(flat.get("dataset_name"))
-    if issue:
-        problems.add("dataset_name", flat.get("dataset_name"), issue)
-    try:
-        config = FinetuneConfig.from_flat(flat, where="FineTuner")
-    except ConfigError as exc:
-        problems.items.append(str(exc))
-        problems.raise_if_any()
-    try:
-        config.validate("FineTuner")
-    except ConfigError as exc:
-        problems.items.extend(line.strip()[2:] for line in str(exc).splitlines()[1:])
-    if config.model.dtype is not None:
-        try:
-            parse_dtype(config.model.dtype, "dtype")
-        except ConfigError as exc:
-            problems.items.append(str(exc))
-    try:
-        resolve_device(config.model.device)
-    except FineTuningError as exc:
-        problems.items.append(str(exc))
-    problems.raise_if_any()
-    return config
-
-
-def _targets(value):
-    """None for "the model's own choice"; a one-item ['all-linear'] (from a flag) as the string."""
-    if value is SPEC_TARGET_MODULES or value is None:
-        return None
-    if isinstance(value, (list, tuple)) and len(value) == 1 and value[0] == "all-linear":
-        return "all-linear"
-    return list(value) if isinstance(value, tuple) else value
-
-
-def _same(a, b) -> bool:
-    try:
-        return a is b or (type(a) is type(b) and a == b)
-    except Exception:  # noqa: BLE001 - odd objects compare as different
-        return False
 
 
 def _check_output_dir(output_dir) -> Path:

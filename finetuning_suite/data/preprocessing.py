@@ -73,10 +73,12 @@ class DefaultPreprocessor:
             )
         max_len = self.resolve_max_seq_length(model_config)
         chat = self._chat_model(tokenizer, model_config, fmt)
-        encode = self._encode_seq2seq if enc_dec else self._encode_causal
 
         def tokenize(row, index):
-            return encode(canonical(row, fmt, index, chat), tokenizer, max_len, chat)
+            example = canonical(row, fmt, index, chat)
+            if enc_dec:
+                return self._encode_seq2seq(example, tokenizer, max_len)
+            return self._encode_causal(example, tokenizer, max_len, chat)
 
         tokenized = dataset.map(tokenize, with_indices=True, remove_columns=dataset.column_names,
                                 desc="Tokenizing", load_from_cache_file=False)
@@ -193,7 +195,7 @@ class DefaultPreprocessor:
             ids, labels = ids + [eos], labels + [eos if spans or self.train_on_inputs else IGNORE_INDEX]
         return ids, labels
 
-    def _encode_seq2seq(self, ex: dict, tokenizer, max_len: int, chat: bool) -> dict:
+    def _encode_seq2seq(self, ex: dict, tokenizer, max_len: int) -> dict:
         eos = tokenizer.eos_token_id
         if "messages" in ex:
             source, target = flatten_messages(ex["messages"])
