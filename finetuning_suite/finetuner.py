@@ -80,6 +80,7 @@ class FineTuner:
         targets = m.lora_target_modules
         if targets is None and m.method != "full":  # left at the default: the rule's choice
             targets = auto_defaults.choose_defaults(m.method, None)["lora"]["target_modules"]
+        self._lora_targets = None if self.source.adapter_path else targets
         self.model = prepare_model(
             base, m.method, quantized=self.quantization_config is not None,
             adapter_path=self.source.adapter_path,
@@ -323,8 +324,10 @@ class FineTuner:
                     setattr(cfg.training, f.name, _yaml_value(value))
         peft_config = getattr(self.model, "peft_config", {}).get("default")
         if peft_config is not None and cfg.method.method != "full":
-            t = peft_config.target_modules
-            cfg.method.lora_target_modules = [t] if isinstance(t, str) else sorted(t)
+            # as chosen here ("all-linear" or names), not peft's expansion into full module paths
+            t = self._lora_targets
+            if t is not None:
+                cfg.method.lora_target_modules = [t] if isinstance(t, str) else list(t)
             cfg.method.lora_task_type = str(getattr(peft_config.task_type, "value", peft_config.task_type))
         return cfg
 

@@ -12,7 +12,8 @@ import torch  # noqa: E402
 
 from tiny import build, smol_tokenizer  # noqa: E402
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Two threads at most (CI has 2 cores); OMP_NUM_THREADS=1 leaves a core to a benchmark.
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or max(1, min(2, os.cpu_count() or 1))))
 
 
 @pytest.fixture(scope="session")
