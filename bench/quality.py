@@ -118,6 +118,7 @@ def write_markdown(data: dict) -> None:
              "the defaults; held-out = exact match on the task's validation split (reworded questions "
              "for `facts`); EOS = share of held-out answers that ended with EOS; general = the "
              "questions of `builtin/general.jsonl` still answered right.", "",
+             *([data["note"], ""] if data.get("note") else []),
              "| task | method | held-out before | held-out after | chrF after | EOS after | general kept | train s | wall s |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(data["runs"].values(), key=lambda r: (TASKS.index(r["task"]) if r["task"] in TASKS else 9,
@@ -131,11 +132,10 @@ def write_markdown(data: dict) -> None:
         lines += ["", "General answers lost:", ""]
         lines += [f"- {t}/{m}: {x['prompt']} → {x['answer'][:80]!r} (expected {x['expected']})"
                   for t, m, x in lost]
-    chosen = {f"{r['method']}": r.get("chosen_defaults") for r in data["runs"].values()}
-    lines += ["", "Defaults chosen (by `train/defaults.py`, per method, for the facts task size):", ""]
-    for method, c in chosen.items():
-        if c:
-            lines.append(f"- {method}: {c.get('rule')}: {json.dumps(c.get('training'))}")
+    lines += ["", "Defaults chosen by `train/defaults.py` for each run:", ""]
+    for key, r in data["runs"].items():
+        if r.get("chosen_defaults"):
+            lines.append(f"- {key}: {r['chosen_defaults'].get('rule')}")
     (RESULTS / "quality.md").write_text("\n".join(lines) + "\n")
 
 
@@ -144,6 +144,7 @@ def main(argv=None) -> int:
     parser.add_argument("--tasks", nargs="+", default=list(TASKS))
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--note", default=None, help="a line about the conditions, kept in the results")
     args = parser.parse_args(argv)
     if args.threads:
         import torch
@@ -152,6 +153,8 @@ def main(argv=None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / "quality.json"
     data = json.loads(path.read_text()) if path.is_file() else {"runs": {}}
+    if args.note:
+        data["note"] = args.note
     questions = general_questions()
     for task in args.tasks:
         for method in args.methods:
