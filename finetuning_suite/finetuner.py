@@ -101,7 +101,11 @@ class FineTuner:
     def from_config(cls, config: FinetuneConfig, **objects) -> "FineTuner":
         """A FineTuner from a `FinetuneConfig` (what `finetune train --config x.yaml` builds);
         `objects` may carry a preprocessor, trainer_config or inference_handler."""
-        return cls(**config.to_flat(), **objects)
+        # Only options that differ from the defaults are passed, so that a run folder given as
+        # model_id keeps its own saved settings (method, quantization, max_length, ...).
+        defaults = FinetuneConfig().to_flat()
+        changed = {k: v for k, v in config.to_flat().items() if k not in defaults or v != defaults[k]}
+        return cls(**changed, **objects)
 
     # -- small helpers --------------------------------------------------------------------
     def _bits(self) -> int:

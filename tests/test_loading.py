@@ -155,6 +155,34 @@ def test_hub_id_from_the_local_cache(tiny_llama, tmp_path, monkeypatch):
 
 
 def test_repr_says_what_was_built(tiny_gpt2):
-    text = repr(FineTuner(tiny_gpt2, dataset_name="dialogue", lora_r=8))
+    text = repr(FineTuner(tiny_gpt2, dataset_name="dialogue", lora_r=8, lora_target_modules=["c_attn"]))
     assert "device=" in text and "lora_r=8" in text and "targets=['c_attn']" in text
     assert "dataset='dialogue'" in text
+
+
+def test_adapter_path_loads_the_trained_adapter(tiny_llama, tmp_path):
+    """FineTuner(base, adapter_path=run) computes the trained model's logits (to float
+    rounding), and they are not the base model's: the adapter really was loaded and applied."""
+    from transformers import AutoModelForCausalLM
+
+    from conftest import fast_trainer
+
+    rows = [{"prompt": f"Code {i}?", "completion": f" {'ABCDEFGH'[i] * 2}"} for i in range(8)]
+    trained = FineTuner(tiny_llama, device="cpu", dataset_name=rows, lora_target_modules="all-linear",
+                        self_replay=False, trainer_config=fast_trainer(learning_rate=1e-2))
+    trained.train(str(tmp_path / "run"), num_train_epochs=2)
+    loaded = FineTuner(tiny_llama, device="cpu", adapter_path=str(tmp_path / "run"))
+    assert loaded.source.adapter_path.endswith("run")
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
+
+    ids = trained.tokenizer(["Code 3?", "Code 6? and a longer prompt"], return_tensors="pt",
+                            padding=True)
+    logits = {}
+    for name, model in (("trained", trained.model), ("loaded", loaded.model), ("base", base)):
+        model.eval()  # LoRA dropout off
+        with torch.no_grad():
+            logits[name] = model(**ids).logits
+    torch.testing.assert_close(logits["loaded"], logits["trained"], rtol=1e-5, atol=1e-5)
+    change = (logits["loaded"] - logits["base"]).abs().max().item()
+    print(f"adapter changes the logits by up to {change:.3f}")
+    assert change > 0.1, f"adapter changes the logits by at most {change}"

@@ -35,6 +35,10 @@ def test_full_fine_tuning_trains_every_weight_and_saves_a_plain_model(tiny_llama
         assert torch.allclose(plain(**enc).logits, logits(ft), atol=1e-5)
     again = FineTuner(str(out), device="cpu")
     assert again.config.method.method == "full" and again.max_length == 5  # its own settings
+    from finetuning_suite.config import FinetuneConfig
+
+    via_config = FineTuner.from_config(FinetuneConfig.from_flat({"model_id": str(out), "device": "cpu"}))
+    assert via_config.config.method.method == "full" and via_config.max_length == 5  # as the CLI loads it
     assert torch.allclose(logits(again), logits(ft), atol=1e-5)
 
 

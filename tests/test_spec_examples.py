@@ -68,6 +68,31 @@ def test_example_2(tiny_gpt2):
 
     assert isinstance(generated_text, str)
     assert finetuner.quantization_config.bnb_4bit_compute_dtype == torch.bfloat16
+    assert_really_4bit(finetuner, tiny_gpt2)
+
+
+def assert_really_4bit(finetuner, model_folder):
+    """The base model's linear layers are bitsandbytes NF4 layers with double quantization and
+    bf16 compute, their weights packed two per byte, and the model is smaller than in fp32."""
+    import bitsandbytes as bnb
+    from transformers import AutoModelForCausalLM
+
+    layers = [m for m in finetuner.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert len(layers) == 8  # tiny GPT-2: c_attn, c_proj, c_fc, mlp c_proj in each of 2 blocks
+    linear_fp32_bytes = 0
+    for layer in layers:
+        weight, state = layer.weight, layer.weight.quant_state
+        assert isinstance(weight, bnb.nn.Params4bit) and weight.dtype == torch.uint8
+        assert weight.numel() * 2 == layer.in_features * layer.out_features  # 4 bits a weight
+        assert state.quant_type == "nf4" and state.nested  # nested: double quantization
+        assert layer.compute_dtype == torch.bfloat16
+        linear_fp32_bytes += layer.in_features * layer.out_features * 4
+    fp32 = AutoModelForCausalLM.from_pretrained(model_folder, dtype=torch.float32).get_memory_footprint()
+    lora_bytes = sum(p.numel() * p.element_size() for n, p in finetuner.model.named_parameters()
+                     if "lora_" in n)
+    base_bytes = finetuner.model.get_memory_footprint() - lora_bytes
+    # The embedding (49k x 64) stays fp32; the linear weights shrink 8x, quantization state aside.
+    assert fp32 - base_bytes >= linear_fp32_bytes / 2, (fp32, base_bytes, linear_fp32_bytes)
 
 
 def test_example_3(tiny_gpt2, tmp_path):
