@@ -1,15 +1,29 @@
 """Text generation: the `InferenceHandler` protocol and its default.
 
+One generation path: `DefaultInferenceHandler.generate_batch` renders a list of prompts (the
+chat template training used), left-pads them for decoder-only models (right for seq2seq), and
+runs one `model.generate` call with a `transformers.GenerationConfig` built from the handler's
+settings. `generate` (the spec's API) is `generate_batch([prompt])[0].text`; `stream` runs the
+same preparation with a `TextIteratorStreamer` in a background thread.
+
 `max_length` bounds the number of *new* tokens generated (the answer, not the prompt), and is
-further capped so prompt + answer fit the model's context window.
+further capped so prompt + answer fit the model's context window (per batch: the longest prompt
+decides).
 """
 from __future__ import annotations
 
+import copy
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from ..errors import ConfigError
+from ..data.chat_template import uses_chat_template
+from ..errors import ConfigError, Problems
+from ..model.facts import context_window, is_encoder_decoder
 
 Prompt = str | list[dict[str, str]]
 
@@ -21,17 +35,23 @@ class InferenceHandler(Protocol):
     def generate(self, prompt_text: Prompt, model, tokenizer, device: str, max_length: int) -> str: ...
 
 
-def context_window(config) -> int | None:
-    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
+@dataclass(frozen=True)
+class Generation:
+    """One generated answer.
 
+    text: the answer without the prompt, special tokens removed, cut at the first stop string,
+        stripped of surrounding whitespace.
+    prompt_tokens: tokens in the rendered prompt (without padding).
+    new_tokens: tokens generated, up to and including the EOS or the token that completed a stop
+        string (padding after a finished answer is not counted).
+    finished_with_eos: True when generation ended on EOS or a stop string before the limit of new
+        tokens; False when it was cut by the limit.
+    """
 
-def uses_chat_template(tokenizer, model_config, enabled: bool = True) -> bool:
-    return bool(enabled and getattr(tokenizer, "chat_template", None)
-                and not getattr(model_config, "is_encoder_decoder", False))
+    text: str
+    prompt_tokens: int
+    new_tokens: int
+    finished_with_eos: bool
 
 
 def render_prompt(prompt: Prompt, tokenizer, model_config, use_chat_template: bool = True,
@@ -57,11 +77,61 @@ def render_prompt(prompt: Prompt, tokenizer, model_config, use_chat_template: bo
     return text, True
 
 
+# -- input checks ------------------------------------------------------------------------------
+_EXAMPLE = "e.g. 'What is the capital of France?' or [{'role': 'user', 'content': 'Hi'}]"
+
+
+def check_prompt(prompt, name: str = "prompt_text") -> None:
+    """Raise ConfigError unless `prompt` is non-blank text or a non-empty list of messages."""
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise ConfigError(f"{name}={prompt!r} is empty: pass the text to answer, {_EXAMPLE}.")
+        return
+    if isinstance(prompt, list):
+        if not prompt:
+            raise ConfigError(f"{name}=[] has no messages: pass at least one, {_EXAMPLE}.")
+        for i, m in enumerate(prompt):
+            if not (isinstance(m, dict) and isinstance(m.get("role"), str)
+                    and isinstance(m.get("content"), str)):
+                raise ConfigError(f"{name}[{i}]={m!r}: each message must be a dict with 'role' and "
+                                  f"'content' strings, {_EXAMPLE}.")
+        return
+    raise ConfigError(f"{name}={prompt!r} ({type(prompt).__name__}) must be a string or a list of "
+                      f"messages, {_EXAMPLE}.")
+
+
+def check_max_length(max_length) -> None:
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length <= 0:
+        raise ConfigError(f"max_length={max_length!r} must be a positive integer (new tokens to "
+                          "generate), e.g. max_length=64.")
+
+
+def check_stop(stop) -> list[str]:
+    """The stop strings as a list (a single string is accepted, as in the OpenAI API)."""
+    if stop is None:
+        return []
+    if isinstance(stop, str):
+        stop = [stop]
+    if (not isinstance(stop, (list, tuple))
+            or not all(isinstance(s, str) and s for s in stop)):
+        raise ConfigError(f"stop={stop!r} must be a list of non-empty strings, e.g. stop=['\\n\\n'].")
+    return list(stop)
+
+
+# -- the default handler ---------------------------------------------------------------------
 class DefaultInferenceHandler:
     """Greedy decoding by default; set `do_sample=True` (with temperature/top_p/top_k) to sample.
 
     use_chat_template: wrap plain-text prompts in the tokenizer's chat template (chat models).
     system_prompt: a system message to put first when the chat template is used.
+    seed: reseed torch before each call (reproducible sampling).
+    generate_kwargs: any other `GenerationConfig` field (e.g. `no_repeat_ngram_size=3`); names
+        GenerationConfig does not know are passed to `model.generate` as model inputs.
+
+    The sampling settings are read into a `transformers.GenerationConfig` once, when the handler
+    is built (`self.generation_config`); the model's own generation config fills only what that
+    leaves unset (EOS/BOS ids, ...). Greedy decoding sets temperature/top_p/top_k to their
+    neutral values, so sampling values a model's generation_config carries cannot leak in.
     """
 
     def __init__(self, do_sample: bool = False, temperature: float = 0.7, top_p: float = 0.9,
@@ -74,48 +144,307 @@ class DefaultInferenceHandler:
         self.use_chat_template, self.system_prompt = use_chat_template, system_prompt
         self.seed = seed
         self.generate_kwargs = generate_kwargs
+        self.generation_config, self._model_kwargs = self._build_generation_config()
+
+    def _check_settings(self) -> None:
+        problems = Problems("DefaultInferenceHandler")
+        number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+        whole = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+        if not isinstance(self.do_sample, bool):
+            problems.add("do_sample", self.do_sample, "must be True or False.")
+        if not (number(self.temperature) and self.temperature >= 0):
+            problems.add("temperature", self.temperature, "must be a positive number, e.g. 0.7.")
+        elif self.temperature == 0 and self.do_sample is True:
+            problems.add("temperature", self.temperature, "0 means greedy decoding: pass "
+                         "do_sample=False, or a positive temperature to sample.")
+        if not (number(self.top_p) and 0 < self.top_p <= 1):
+            problems.add("top_p", self.top_p, "must be in (0, 1], e.g. 0.9.")
+        if not (whole(self.top_k) and self.top_k >= 0):
+            problems.add("top_k", self.top_k, "must be an integer >= 0, e.g. 50.")
+        if not (number(self.repetition_penalty) and self.repetition_penalty > 0):
+            problems.add("repetition_penalty", self.repetition_penalty, "must be a positive number; 1.0 is none.")
+        if not (whole(self.num_beams) and self.num_beams >= 1):
+            problems.add("num_beams", self.num_beams, "must be an integer >= 1; 1 is no beam search.")
+        problems.raise_if_any()
+
+    def _build_generation_config(self):
+        from transformers import GenerationConfig
+
+        self._check_settings()
+        fields: dict[str, Any] = dict(do_sample=self.do_sample, num_beams=self.num_beams,
+                                      repetition_penalty=self.repetition_penalty, use_cache=True)
+        if self.do_sample:
+            fields.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
+        else:  # neutral values: a model's generation_config only fills fields left at None
+            fields.update(temperature=1.0, top_p=1.0, top_k=50)
+        try:
+            config = GenerationConfig(**fields)
+            model_kwargs = config.update(**self.generate_kwargs)
+            config.validate()  # real errors raise; minor ones (unused fields) only warn
+        except ValueError as exc:
+            raise ConfigError(f"DefaultInferenceHandler: invalid generation settings "
+                              f"{fields | self.generate_kwargs}: {exc}") from exc
+        return config, model_kwargs
 
     def generation_kwargs(self) -> dict[str, Any]:
+        """The sampling settings as a dict (what `self.generation_config` was built from)."""
         kwargs: dict[str, Any] = dict(do_sample=self.do_sample, num_beams=self.num_beams,
                                       repetition_penalty=self.repetition_penalty)
         if self.do_sample:
             kwargs.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
-        else:  # neutralise sampling settings a model's generation_config may carry
-            kwargs.update(temperature=None, top_p=None, top_k=None)
         kwargs.update(self.generate_kwargs)
         return kwargs
 
+    # -- the spec's API ------------------------------------------------------------------
     def generate(self, prompt_text: Prompt, model, tokenizer, device: str, max_length: int) -> str:
-        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length <= 0:
-            raise ConfigError(f"max_length={max_length!r} must be a positive integer (new tokens to generate).")
-        config = model.config
-        text, templated = render_prompt(prompt_text, tokenizer, config, self.use_chat_template,
-                                        self.system_prompt)
-        # The chat template already holds any BOS it wants; do not add a second one.
-        enc = tokenizer(text, return_tensors="pt", add_special_tokens=not templated)
-        n_prompt = enc["input_ids"].shape[1]
-        max_new = max_length
-        window = context_window(config)
-        if window is not None and not getattr(config, "is_encoder_decoder", False):
-            if n_prompt >= window:
-                raise ConfigError(
-                    f"The prompt is {n_prompt} tokens but the model's context window is {window}; "
-                    "shorten the prompt."
-                )
-            max_new = min(max_new, window - n_prompt)
-        enc = {k: v.to(_input_device(model, device)) for k, v in enc.items()}
-        if self.seed is not None:
-            torch.manual_seed(self.seed)
+        check_prompt(prompt_text)
+        return self.generate_batch([prompt_text], model, tokenizer, device, max_length)[0].text
+
+    # -- batched -------------------------------------------------------------------------
+    def generate_batch(self, prompts: Sequence[Prompt], model, tokenizer, device: str, max_length: int,
+                       *, stop: list[str] | None = None) -> list[Generation]:
+        """One `Generation` per prompt, in order, from a single `model.generate` call.
+
+        Decoder-only prompts are left-padded (the tokenizer is not changed); the new-token limit
+        is `max_length`, capped so the longest prompt plus its answer fit the context window.
+        `stop`: strings that end an answer; the text is cut before the first one.
+        Pass a few dozen prompts at a time (evaluation batches them, see `evaluate.py`).
+        """
+        if isinstance(prompts, (str, dict)) or not isinstance(prompts, Sequence):
+            raise ConfigError(f"prompts={prompts!r} must be a list of prompts; for one prompt use "
+                              "generate(prompt_text, ...).")
+        for i, p in enumerate(prompts):
+            check_prompt(p, f"prompts[{i}]")
+        check_max_length(max_length)
+        stops = check_stop(stop)
+        if not prompts:
+            return []
+        batch = self._prepare(list(prompts), model, tokenizer, device, max_length)
+        config = self._call_config(batch, tokenizer, stops)
+        extra = {"tokenizer": tokenizer} if stops else {}
+        with _inference(model):
+            if self.seed is not None:
+                torch.manual_seed(self.seed)
+            out = model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                 generation_config=config, **extra, **self._model_kwargs)
+        # decoder-only: the output repeats the padded prompt; seq2seq: it starts with the
+        # decoder start token
+        start = 1 if batch.encoder_decoder else batch.input_ids.shape[1]
+        eos_ids = _eos_ids(model, tokenizer)
+        return [_finish(row[start:].tolist(), n, tokenizer, eos_ids, stops)
+                for row, n in zip(out, batch.prompt_lengths)]
+
+    # -- streaming -----------------------------------------------------------------------
+    def stream(self, prompt: Prompt, model, tokenizer, device: str, max_length: int,
+               *, stop: list[str] | None = None) -> Iterator[str]:
+        """Pieces of the answer as they are generated; joined, they equal
+        `generate(prompt, ...)` (the same preparation and settings, stop strings honoured).
+
+        Generation runs in a background thread that is joined before the iterator ends; closing
+        the iterator early (`break`) stops generation after the current token. Inputs are
+        checked when `stream` is called, before any token is generated.
+        """
+        check_prompt(prompt)
+        check_max_length(max_length)
+        stops = check_stop(stop)
+        batch = self._prepare([prompt], model, tokenizer, device, max_length)
+        config = self._call_config(batch, tokenizer, stops)
+        return self._stream(batch, config, model, tokenizer, stops)
+
+    def _stream(self, batch, config, model, tokenizer, stops: list[str]) -> Iterator[str]:
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        cancel = threading.Event()
+
+        class _Cancelled(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool,
+                                  device=input_ids.device)
+
+        failure: list[BaseException] = []
+        extra = {"tokenizer": tokenizer} if stops else {}
+
+        def run():
+            try:
+                with torch.inference_mode():
+                    if self.seed is not None:
+                        torch.manual_seed(self.seed)
+                    model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                   generation_config=config, streamer=streamer,
+                                   stopping_criteria=StoppingCriteriaList([_Cancelled()]),
+                                   **extra, **self._model_kwargs)
+            except BaseException as exc:  # re-raised in the consumer
+                failure.append(exc)
+                streamer.text_queue.put(streamer.stop_signal, timeout=streamer.timeout)
+
         was_training = model.training
         model.eval()
+        thread = threading.Thread(target=run, name="finetuning_suite-stream", daemon=True)
+        thread.start()
+        cutter = _StreamCutter(stops)
         try:
-            with torch.inference_mode():
-                out = model.generate(**enc, max_new_tokens=max_new, pad_token_id=tokenizer.pad_token_id,
-                                     **self.generation_kwargs())
+            for piece in streamer:
+                out = cutter.feed(piece)
+                if out:
+                    yield out
+                if cutter.stopped:
+                    cancel.set()
+                    break
+            if not failure:
+                out = cutter.close()
+                if out:
+                    yield out
         finally:
+            cancel.set()
+            thread.join()
             model.train(was_training)
-        new_tokens = out[0] if getattr(config, "is_encoder_decoder", False) else out[0][n_prompt:]
-        return tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
+        if failure:
+            raise failure[0]
+
+    # -- shared preparation ----------------------------------------------------------------
+    def _prepare(self, prompts: list, model, tokenizer, device: str, max_length: int) -> "_Batch":
+        config = model.config
+        enc_dec = is_encoder_decoder(config)
+        rows = []
+        for prompt in prompts:
+            text, templated = render_prompt(prompt, tokenizer, config, self.use_chat_template,
+                                            self.system_prompt)
+            # The chat template already holds any BOS it wants; do not add a second one.
+            ids = tokenizer(text, add_special_tokens=not templated)["input_ids"]
+            if not ids:
+                raise ConfigError(f"The prompt {prompt!r} has no tokens; pass some text.")
+            rows.append(ids)
+        longest = max(len(r) for r in rows)
+        max_new = max_length
+        window = context_window(config)
+        if window is not None and not enc_dec:
+            if longest >= window:
+                i = max(range(len(rows)), key=lambda j: len(rows[j]))
+                raise ConfigError(
+                    f"The prompt{f' #{i}' if len(rows) > 1 else ''} is {longest} tokens but the "
+                    f"model's context window is {window}; shorten the prompt."
+                )
+            max_new = min(max_new, window - longest)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        if pad is None:
+            raise ConfigError("The tokenizer has neither a pad nor an EOS token; set tokenizer.pad_token.")
+        input_ids = torch.full((len(rows), longest), pad, dtype=torch.long)
+        attention = torch.zeros((len(rows), longest), dtype=torch.long)
+        for i, ids in enumerate(rows):
+            # decoder-only models continue from the last position, so pad on the left; an
+            # encoder reads the whole masked input, padded on the right as in training
+            span = slice(0, len(ids)) if enc_dec else slice(longest - len(ids), longest)
+            input_ids[i, span] = torch.tensor(ids, dtype=torch.long)
+            attention[i, span] = 1
+        target = _input_device(model, device)
+        return _Batch(input_ids.to(target), attention.to(target), [len(r) for r in rows], max_new,
+                      pad, enc_dec)
+
+    def _call_config(self, batch: "_Batch", tokenizer, stops: list[str]):
+        config = copy.deepcopy(self.generation_config)
+        config.max_new_tokens = batch.max_new
+        config.pad_token_id = batch.pad_id
+        if stops:
+            config.stop_strings = stops
+        return config
+
+
+@dataclass
+class _Batch:
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    prompt_lengths: list[int]
+    max_new: int
+    pad_id: int
+    encoder_decoder: bool
+
+
+@contextmanager
+def _inference(model):
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def _eos_ids(model, tokenizer) -> set[int]:
+    ids: set[int] = set()
+    for value in (getattr(getattr(model, "generation_config", None), "eos_token_id", None),
+                  tokenizer.eos_token_id):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(v for v in value if isinstance(v, int))
+    return ids
+
+
+def _first_stop(text: str, stops: list[str]) -> int:
+    """Index of the earliest stop string in `text`, or -1."""
+    found = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return min(found) if found else -1
+
+
+def _finish(new: list[int], prompt_tokens: int, tokenizer, eos_ids: set[int],
+            stops: list[str]) -> Generation:
+    eos_at = next((i for i, t in enumerate(new) if t in eos_ids), None)
+    body = new if eos_at is None else new[:eos_at]
+    text = tokenizer.decode(body, skip_special_tokens=True)
+    cut = _first_stop(text, stops) if stops else -1
+    if cut >= 0:
+        # the fewest tokens whose text holds a stop string: where generation was stopped
+        lo, hi = 1, len(body)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if _first_stop(tokenizer.decode(body[:mid], skip_special_tokens=True), stops) >= 0:
+                hi = mid
+            else:
+                lo = mid + 1
+        return Generation(text[:cut].strip(), prompt_tokens, lo, True)
+    if eos_at is not None:
+        return Generation(text.strip(), prompt_tokens, eos_at + 1, True)
+    n = len(new)
+    pad = tokenizer.pad_token_id
+    while n and new[n - 1] == pad:  # padding after an answer that a stop criterion ended
+        n -= 1
+    return Generation(text.strip(), prompt_tokens, n, False)
+
+
+class _StreamCutter:
+    """Turns streamed pieces into the text `generate` returns: leading and trailing whitespace
+    removed, cut before the first stop string. Text that may be the start of a stop string, or
+    trailing whitespace, is held back until the next piece shows what it is."""
+
+    def __init__(self, stops: list[str]):
+        self.stops, self.raw, self.sent, self.stopped = stops, "", "", False
+
+    def _visible(self, final: bool) -> str:
+        text = self.raw
+        cut = _first_stop(text, self.stops) if self.stops else -1
+        if cut >= 0:
+            self.stopped = True
+            return text[:cut].strip()
+        if not final:
+            hold = max((k for s in self.stops for k in range(1, len(s)) if text.endswith(s[:k])),
+                       default=0)
+            text = text[:len(text) - hold]
+        return text.strip()  # trailing whitespace waits: it is sent once text follows it
+
+    def _emit(self, visible: str) -> str:
+        if not visible.startswith(self.sent):  # cannot happen; never send text twice
+            return ""
+        piece, self.sent = visible[len(self.sent):], visible
+        return piece
+
+    def feed(self, piece: str) -> str:
+        self.raw += piece
+        return self._emit(self._visible(final=False))
+
+    def close(self) -> str:
+        return self._emit(self._visible(final=True))
 
 
 def _input_device(model, device: str):
