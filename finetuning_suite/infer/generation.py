@@ -6,6 +6,12 @@ runs one `model.generate` call with a `transformers.GenerationConfig` built from
 settings. `generate` (the spec's API) is `generate_batch([prompt])[0].text`; `stream` runs the
 same preparation with a `TextIteratorStreamer` in a background thread.
 
+Rows of one batch may carry their own new-token limit and stop strings
+(`generate_batch(..., max_new_tokens_each=, stop_each=)`): a row stops where its own limit or
+stop string says, the call ends when every row has, and each `Generation` is counted as if the
+row had been generated alone. The server (`serve/`) batches requests with different `max_tokens`
+and `stop` that way.
+
 `max_length` bounds the number of *new* tokens generated (the answer, not the prompt), and is
 further capped so prompt + answer fit the model's context window (per batch: the longest prompt
 decides).
@@ -14,7 +20,7 @@ from __future__ import annotations
 
 import copy
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -125,6 +131,8 @@ class DefaultInferenceHandler:
     use_chat_template: wrap plain-text prompts in the tokenizer's chat template (chat models).
     system_prompt: a system message to put first when the chat template is used.
     seed: reseed torch before each call (reproducible sampling).
+    strip: remove whitespace around the answer (default); `strip=False` keeps it, as a raw text
+        completion needs (" Paris" continues "The capital of France is").
     generate_kwargs: any other `GenerationConfig` field (e.g. `no_repeat_ngram_size=3`); names
         GenerationConfig does not know are passed to `model.generate` as model inputs.
 
@@ -137,8 +145,9 @@ class DefaultInferenceHandler:
     def __init__(self, do_sample: bool = False, temperature: float = 0.7, top_p: float = 0.9,
                  top_k: int = 50, repetition_penalty: float = 1.0, num_beams: int = 1,
                  use_chat_template: bool = True, system_prompt: str | None = None,
-                 seed: int | None = None, **generate_kwargs: Any):
+                 seed: int | None = None, strip: bool = True, **generate_kwargs: Any):
         self.do_sample = do_sample
+        self.strip = strip
         self.temperature, self.top_p, self.top_k = temperature, top_p, top_k
         self.repetition_penalty, self.num_beams = repetition_penalty, num_beams
         self.use_chat_template, self.system_prompt = use_chat_template, system_prompt
@@ -152,6 +161,8 @@ class DefaultInferenceHandler:
         whole = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
         if not isinstance(self.do_sample, bool):
             problems.add("do_sample", self.do_sample, "must be True or False.")
+        if not isinstance(self.strip, bool):
+            problems.add("strip", self.strip, "must be True or False.")
         if not (number(self.temperature) and self.temperature >= 0):
             problems.add("temperature", self.temperature, "must be a positive number, e.g. 0.7.")
         elif self.temperature == 0 and self.do_sample is True:
@@ -202,12 +213,17 @@ class DefaultInferenceHandler:
 
     # -- batched -------------------------------------------------------------------------
     def generate_batch(self, prompts: Sequence[Prompt], model, tokenizer, device: str, max_length: int,
-                       *, stop: list[str] | None = None) -> list[Generation]:
+                       *, stop: list[str] | None = None,
+                       max_new_tokens_each: Sequence[int] | None = None,
+                       stop_each: Sequence[list[str] | None] | None = None) -> list[Generation]:
         """One `Generation` per prompt, in order, from a single `model.generate` call.
 
         Decoder-only prompts are left-padded (the tokenizer is not changed); the new-token limit
         is `max_length`, capped so the longest prompt plus its answer fit the context window.
         `stop`: strings that end an answer; the text is cut before the first one.
+        `max_new_tokens_each`, `stop_each` (optional, one entry per prompt): a row's own
+        new-token limit (further capped by `max_length` and the context window) and its own stop
+        strings (added to `stop`); a row stops generating at its own limit or stop string.
         Pass a few dozen prompts at a time (evaluation batches them, see `evaluate.py`).
         """
         if isinstance(prompts, (str, dict)) or not isinstance(prompts, Sequence):
@@ -217,41 +233,79 @@ class DefaultInferenceHandler:
             check_prompt(p, f"prompts[{i}]")
         check_max_length(max_length)
         stops = check_stop(stop)
+        per_row = max_new_tokens_each is not None or stop_each is not None
+        limits, row_stops = self._check_rows(len(prompts), max_length, max_new_tokens_each,
+                                             stop_each, stops)
         if not prompts:
             return []
         batch = self._prepare(list(prompts), model, tokenizer, device, max_length)
-        config = self._call_config(batch, tokenizer, stops)
-        extra = {"tokenizer": tokenizer} if stops else {}
+        limits = [min(n, batch.max_new) for n in limits]
+        if per_row:
+            batch.max_new = max(limits)
+        config = self._call_config(batch, tokenizer, [] if per_row else stops)
+        # decoder-only: the output repeats the padded prompt; seq2seq: it starts with the
+        # decoder start token
+        start = 1 if batch.encoder_decoder else batch.input_ids.shape[1]
+        extra: dict[str, Any] = {"tokenizer": tokenizer} if stops and not per_row else {}
+        if per_row:
+            extra["stopping_criteria"] = _rows_criteria(start, limits, row_stops, tokenizer)
         with _inference(model):
             if self.seed is not None:
                 torch.manual_seed(self.seed)
             out = model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                  generation_config=config, **extra, **self._model_kwargs)
-        # decoder-only: the output repeats the padded prompt; seq2seq: it starts with the
-        # decoder start token
-        start = 1 if batch.encoder_decoder else batch.input_ids.shape[1]
         eos_ids = _eos_ids(model, tokenizer)
-        return [_finish(row[start:].tolist(), n, tokenizer, eos_ids, stops)
-                for row, n in zip(out, batch.prompt_lengths)]
+        return [_finish(row[start:start + limit].tolist(), n, tokenizer, eos_ids, row_stop, self.strip)
+                for row, n, limit, row_stop in zip(out, batch.prompt_lengths, limits, row_stops)]
+
+    def _check_rows(self, n: int, max_length: int, limits, stops_each, stops: list[str]):
+        """Per-row limits and stop lists (the shared ones where none are given)."""
+        if (limits is not None or stops_each is not None) and (
+                self.num_beams != 1 or self.generation_config.num_return_sequences not in (None, 1)):
+            raise ConfigError("max_new_tokens_each / stop_each need one sequence per prompt: "
+                              "num_beams=1 and no num_return_sequences.")
+        if limits is None:
+            limits = [max_length] * n
+        else:
+            if isinstance(limits, (str, bytes)) or not isinstance(limits, Sequence) or len(limits) != n:
+                raise ConfigError(f"max_new_tokens_each={limits!r} must be a list of {n} positive "
+                                  "integers, one per prompt.")
+            for value in limits:
+                check_max_length(value)
+            limits = [min(int(v), max_length) for v in limits]
+        if stops_each is None:
+            row_stops = [stops] * n
+        else:
+            if isinstance(stops_each, (str, bytes)) or not isinstance(stops_each, Sequence) \
+                    or len(stops_each) != n:
+                raise ConfigError(f"stop_each={stops_each!r} must be a list of {n} stop lists (or "
+                                  "None), one per prompt.")
+            row_stops = [stops + [s for s in check_stop(each) if s not in stops] for each in stops_each]
+        return limits, row_stops
 
     # -- streaming -----------------------------------------------------------------------
     def stream(self, prompt: Prompt, model, tokenizer, device: str, max_length: int,
-               *, stop: list[str] | None = None) -> Iterator[str]:
+               *, stop: list[str] | None = None,
+               on_finish: Callable[[Generation], None] | None = None) -> Iterator[str]:
         """Pieces of the answer as they are generated; joined, they equal
         `generate(prompt, ...)` (the same preparation and settings, stop strings honoured).
 
         Generation runs in a background thread that is joined before the iterator ends; closing
         the iterator early (`break`) stops generation after the current token. Inputs are
         checked when `stream` is called, before any token is generated.
+        `on_finish`: called once the answer is complete (not when the iterator is closed early)
+        with its `Generation` (token counts and whether it ended before the limit), the same
+        `generate_batch([prompt])` returns.
         """
         check_prompt(prompt)
         check_max_length(max_length)
         stops = check_stop(stop)
         batch = self._prepare([prompt], model, tokenizer, device, max_length)
         config = self._call_config(batch, tokenizer, stops)
-        return self._stream(batch, config, model, tokenizer, stops)
+        return self._stream(batch, config, model, tokenizer, stops, on_finish)
 
-    def _stream(self, batch, config, model, tokenizer, stops: list[str]) -> Iterator[str]:
+    def _stream(self, batch, config, model, tokenizer, stops: list[str],
+                on_finish: Callable[[Generation], None] | None = None) -> Iterator[str]:
         from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
         streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
@@ -263,6 +317,7 @@ class DefaultInferenceHandler:
                                   device=input_ids.device)
 
         failure: list[BaseException] = []
+        result: list[torch.Tensor] = []
         extra = {"tokenizer": tokenizer} if stops else {}
 
         def run():
@@ -270,10 +325,10 @@ class DefaultInferenceHandler:
                 with torch.inference_mode():
                     if self.seed is not None:
                         torch.manual_seed(self.seed)
-                    model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                    result.append(model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                    generation_config=config, streamer=streamer,
                                    stopping_criteria=StoppingCriteriaList([_Cancelled()]),
-                                   **extra, **self._model_kwargs)
+                                   **extra, **self._model_kwargs))
             except BaseException as exc:  # re-raised in the consumer
                 failure.append(exc)
                 streamer.text_queue.put(streamer.stop_signal, timeout=streamer.timeout)
@@ -282,7 +337,7 @@ class DefaultInferenceHandler:
         model.eval()
         thread = threading.Thread(target=run, name="finetuning_suite-stream", daemon=True)
         thread.start()
-        cutter = _StreamCutter(stops)
+        cutter = _StreamCutter(stops, self.strip)
         try:
             for piece in streamer:
                 out = cutter.feed(piece)
@@ -301,6 +356,10 @@ class DefaultInferenceHandler:
             model.train(was_training)
         if failure:
             raise failure[0]
+        if on_finish is not None and result:
+            start = 1 if batch.encoder_decoder else batch.input_ids.shape[1]
+            on_finish(_finish(result[0][0, start:].tolist(), batch.prompt_lengths[0], tokenizer,
+                              _eos_ids(model, tokenizer), stops, self.strip))
 
     # -- shared preparation ----------------------------------------------------------------
     def _prepare(self, prompts: list, model, tokenizer, device: str, max_length: int) -> "_Batch":
@@ -389,7 +448,8 @@ def _first_stop(text: str, stops: list[str]) -> int:
 
 
 def _finish(new: list[int], prompt_tokens: int, tokenizer, eos_ids: set[int],
-            stops: list[str]) -> Generation:
+            stops: list[str], strip: bool = True) -> Generation:
+    tidy = str.strip if strip else str
     eos_at = next((i for i, t in enumerate(new) if t in eos_ids), None)
     body = new if eos_at is None else new[:eos_at]
     text = tokenizer.decode(body, skip_special_tokens=True)
@@ -403,35 +463,36 @@ def _finish(new: list[int], prompt_tokens: int, tokenizer, eos_ids: set[int],
                 hi = mid
             else:
                 lo = mid + 1
-        return Generation(text[:cut].strip(), prompt_tokens, lo, True)
+        return Generation(tidy(text[:cut]), prompt_tokens, lo, True)
     if eos_at is not None:
-        return Generation(text.strip(), prompt_tokens, eos_at + 1, True)
+        return Generation(tidy(text), prompt_tokens, eos_at + 1, True)
     n = len(new)
     pad = tokenizer.pad_token_id
     while n and new[n - 1] == pad:  # padding after an answer that a stop criterion ended
         n -= 1
-    return Generation(text.strip(), prompt_tokens, n, False)
+    return Generation(tidy(text), prompt_tokens, n, False)
 
 
 class _StreamCutter:
     """Turns streamed pieces into the text `generate` returns: leading and trailing whitespace
-    removed, cut before the first stop string. Text that may be the start of a stop string, or
-    trailing whitespace, is held back until the next piece shows what it is."""
+    removed (unless `strip=False`), cut before the first stop string. Text that may be the start
+    of a stop string, or trailing whitespace, is held back until the next piece shows what it is."""
 
-    def __init__(self, stops: list[str]):
+    def __init__(self, stops: list[str], strip: bool = True):
         self.stops, self.raw, self.sent, self.stopped = stops, "", "", False
+        self.tidy = str.strip if strip else str
 
     def _visible(self, final: bool) -> str:
         text = self.raw
         cut = _first_stop(text, self.stops) if self.stops else -1
         if cut >= 0:
             self.stopped = True
-            return text[:cut].strip()
+            return self.tidy(text[:cut])
         if not final:
             hold = max((k for s in self.stops for k in range(1, len(s)) if text.endswith(s[:k])),
                        default=0)
             text = text[:len(text) - hold]
-        return text.strip()  # trailing whitespace waits: it is sent once text follows it
+        return self.tidy(text)  # trailing whitespace waits: it is sent once text follows it
 
     def _emit(self, visible: str) -> str:
         if not visible.startswith(self.sent):  # cannot happen; never send text twice
@@ -445,6 +506,24 @@ class _StreamCutter:
 
     def close(self) -> str:
         return self._emit(self._visible(final=True))
+
+
+def _rows_criteria(start: int, limits: list[int], stops: list[list[str]], tokenizer):
+    """A stopping criterion that ends row i after `limits[i]` new tokens or once its new text
+    holds one of `stops[i]` (`generate` pads a finished row until the whole batch is done)."""
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class _Rows(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            made = input_ids.shape[1] - start
+            done = [made >= limit for limit in limits]
+            for i, row_stops in enumerate(stops):
+                if row_stops and not done[i]:
+                    text = tokenizer.decode(input_ids[i, start:].tolist(), skip_special_tokens=True)
+                    done[i] = _first_stop(text, row_stops) >= 0
+            return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([_Rows()])
 
 
 def _input_device(model, device: str):
