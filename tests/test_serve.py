@@ -1,0 +1,449 @@
+"""`finetune serve`: the OpenAI-compatible server, driven by the official `openai` client (and
+raw HTTP for malformed requests) against a real uvicorn server on localhost, over a tiny Llama
+with the embedded model's tokenizer and chat template. Plus the per-row limits of
+`generate_batch` that batching relies on, the engine's queue bound and the CLI wiring."""
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+import pytest
+
+openai = pytest.importorskip("openai")
+uvicorn = pytest.importorskip("uvicorn")
+pytest.importorskip("fastapi")
+
+from finetuning_suite import DefaultInferenceHandler, FineTuner  # noqa: E402
+from finetuning_suite.serve import create_app  # noqa: E402
+from finetuning_suite.serve.engine import Engine, Job, QueueFull  # noqa: E402
+
+KEY = "test-key-123"
+MODEL = "tiny"
+MAX_BODY = 20_000
+
+
+@contextmanager
+def serving(app):
+    """Run `app` under uvicorn on a free localhost port in a background thread."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.01)
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def ft(tiny_llama):
+    return FineTuner(model_id=tiny_llama, device="cpu", max_length=16)
+
+
+@pytest.fixture(scope="module")
+def server(ft):
+    app = create_app(ft, model_name=MODEL, api_key=KEY, max_tokens_limit=64, max_body_bytes=MAX_BODY)
+    with serving(app) as port:
+        yield {"app": app, "port": port, "url": f"http://127.0.0.1:{port}/v1"}
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server["url"], api_key=KEY, max_retries=0, timeout=60)
+
+
+def raw(server, method: str, path: str, body=None, *, key: str | None = KEY, headers=None,
+        chunked: bool = False):
+    """(status, parsed JSON body) of one raw HTTP request."""
+    conn = http.client.HTTPConnection("127.0.0.1", server["port"], timeout=60)
+    sent = {"Content-Type": "application/json", **(headers or {})}
+    if key is not None:
+        sent["Authorization"] = f"Bearer {key}"
+    if isinstance(body, (dict, list)):
+        body = json.dumps(body)
+    if isinstance(body, str):
+        body = body.encode()
+    if chunked:
+        data = body
+        body = iter([data[i:i + 4096] for i in range(0, len(data), 4096)])
+    try:
+        conn.request(method, path, body=body, headers=sent, encode_chunked=chunked)
+        response = conn.getresponse()
+        return response.status, json.loads(response.read() or b"null")
+    finally:
+        conn.close()
+
+
+def assert_openai_error(body, code=None):
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    if code is not None:
+        assert body["error"]["code"] == code
+
+
+def chat(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+def direct(ft, prompt, max_tokens, *, chat_template=True, stop=None):
+    """The answer the package's generation path gives for `prompt`, alone (greedy)."""
+    handler = DefaultInferenceHandler() if chat_template else \
+        DefaultInferenceHandler(use_chat_template=False, strip=False)
+    return handler.generate_batch([prompt], ft.model, ft.tokenizer, "cpu", max_tokens, stop=stop)[0]
+
+
+# -- the endpoints ---------------------------------------------------------------------------------
+def test_models_lists_the_served_model(client, server):
+    models = client.models.list()
+    assert [m.id for m in models.data] == [MODEL]
+    assert client.models.retrieve(MODEL).id == MODEL
+    status, body = raw(server, "GET", "/v1/models/other")
+    assert status == 404 and body["error"]["code"] == "model_not_found"
+
+
+def test_chat_completion_is_the_generation_paths_answer_with_usage(client, ft):
+    messages = [{"role": "system", "content": "Be brief."}, *chat("What is the capital of France?")]
+    reply = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=12)
+    expected = direct(ft, messages, 12)
+    choice = reply.choices[0]
+    assert reply.object == "chat.completion" and reply.model == MODEL and reply.id.startswith("chatcmpl-")
+    assert choice.message.role == "assistant" and choice.message.content == expected.text
+    rendered = ft.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    prompt_tokens = len(ft.tokenizer(rendered, add_special_tokens=False)["input_ids"])
+    assert reply.usage.prompt_tokens == prompt_tokens == expected.prompt_tokens
+    assert reply.usage.completion_tokens == expected.new_tokens
+    assert reply.usage.total_tokens == prompt_tokens + expected.new_tokens
+    assert choice.finish_reason == ("stop" if expected.finished_with_eos else "length")
+    if choice.finish_reason == "length":
+        assert reply.usage.completion_tokens == 12
+
+
+def test_chat_default_max_tokens_is_the_models_max_length(client, ft):
+    reply = client.chat.completions.create(model=MODEL, messages=chat("Hello there"))
+    assert reply.choices[0].message.content == direct(ft, chat("Hello there"), 16).text
+    assert reply.usage.completion_tokens <= 16
+
+
+def test_completion_uses_the_raw_prompt(client, ft):
+    prompt = "The capital of France is"
+    reply = client.completions.create(model=MODEL, prompt=prompt, max_tokens=7)
+    expected = direct(ft, prompt, 7, chat_template=False)
+    assert reply.object == "text_completion"
+    assert reply.choices[0].text == expected.text
+    assert reply.usage.prompt_tokens == len(ft.tokenizer(prompt)["input_ids"]) == expected.prompt_tokens
+    assert reply.usage.completion_tokens == expected.new_tokens
+    assert expected.text != direct(ft, prompt, 7).text  # the chat template would change it
+    # several prompts: one choice each, in order (answered as one batch)
+    prompts = [prompt, "Once upon a time"]
+    reply = client.completions.create(model=MODEL, prompt=prompts, max_tokens=5)
+    assert [c.index for c in reply.choices] == [0, 1]
+    assert [c.text for c in reply.choices] == [direct(ft, p, 5, chat_template=False).text for p in prompts]
+
+
+def test_streaming_chat_joins_to_the_answer(client):
+    messages = chat("Tell me about the sea.")
+    full = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=14)
+    chunks = list(client.chat.completions.create(model=MODEL, messages=messages, max_tokens=14,
+                                                 stream=True, stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert all(c.object == "chat.completion.chunk" and c.id == chunks[0].id for c in chunks)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == full.choices[0].message.content
+    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 1  # really streamed
+    finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finish == [full.choices[0].finish_reason]
+    assert chunks[-1].choices == [] and chunks[-1].usage == full.usage
+
+
+def test_streaming_completion_joins_to_the_answer_and_ends_with_done(client, server):
+    full = client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=10)
+    chunks = list(client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=10,
+                                            stream=True))
+    assert "".join(c.choices[0].text for c in chunks) == full.choices[0].text
+    assert chunks[-1].choices[0].finish_reason == full.choices[0].finish_reason
+    # the wire format: server-sent events, `data: {json}` each, `data: [DONE]` last
+    conn = http.client.HTTPConnection("127.0.0.1", server["port"], timeout=60)
+    conn.request("POST", "/v1/completions", json.dumps(
+        {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 4, "stream": True}),
+        {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    response = conn.getresponse()
+    assert response.status == 200 and response.getheader("content-type").startswith("text/event-stream")
+    events = [e for e in response.read().decode().split("\n\n") if e]
+    conn.close()
+    assert all(e.startswith("data: ") for e in events) and events[-1] == "data: [DONE]"
+    assert json.loads(events[0][6:])["object"] == "text_completion"
+
+
+def test_stop_sequences_cut_the_answer(client, ft):
+    messages = chat("What is the capital of France?")
+    full = direct(ft, messages, 16).text
+    word = full.split()[2]
+    expected = full[:full.index(word)].strip()
+    for stop in (word, [word, "zzzz-never"]):
+        reply = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=16, stop=stop)
+        assert reply.choices[0].message.content == expected
+        assert reply.choices[0].finish_reason == "stop"
+        assert reply.usage.completion_tokens == direct(ft, messages, 16, stop=[word]).new_tokens < 16
+    chunks = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=16, stop=word,
+                                            stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == expected
+
+
+def test_sampling_settings(client, server):
+    kwargs = dict(model=MODEL, messages=chat("Pick a word."), max_tokens=8, temperature=1.3,
+                  top_p=0.95, seed=7)
+    a = client.chat.completions.create(**kwargs).choices[0].message.content
+    b = client.chat.completions.create(**kwargs).choices[0].message.content
+    assert a == b  # the seed makes sampling reproducible
+    greedy = client.chat.completions.create(model=MODEL, messages=chat("Pick a word."), max_tokens=8,
+                                            temperature=0).choices[0].message.content
+    others = {client.chat.completions.create(**{**kwargs, "seed": seed}).choices[0].message.content
+              for seed in range(1, 6)}
+    assert len(others | {greedy}) > 1  # temperature reaches generation
+
+
+# -- refusals --------------------------------------------------------------------------------------
+def test_wrong_or_missing_key_is_401(server):
+    for key in ("wrong", ""):
+        bad = openai.OpenAI(base_url=server["url"], api_key=key or "x", max_retries=0,
+                            default_headers={} if key else {"Authorization": ""})
+        with pytest.raises(openai.AuthenticationError) as info:
+            bad.chat.completions.create(model=MODEL, messages=chat("hi"), max_tokens=2)
+        assert info.value.status_code == 401
+    for key in (None, "wrong"):
+        status, body = raw(server, "POST", "/v1/chat/completions",
+                           {"model": MODEL, "messages": chat("hi")}, key=key)
+        assert status == 401
+        assert_openai_error(body, "invalid_api_key")
+    status, body = raw(server, "GET", "/v1/models", key=None)  # every route, not only generation
+    assert status == 401
+    status, body = raw(server, "GET", "/v1/models", key=None, headers={"Authorization": f"Basic {KEY}"})
+    assert status == 401
+
+
+@pytest.mark.parametrize("path, body, param", [
+    ("/v1/chat/completions", '{"model": "tiny", "messages": [', None),               # broken JSON
+    ("/v1/chat/completions", "", None),                                             # no body
+    ("/v1/chat/completions", {"model": MODEL}, "messages"),                         # missing field
+    ("/v1/chat/completions", {"messages": chat("hi")}, "model"),
+    ("/v1/completions", {"model": MODEL}, "prompt"),
+    ("/v1/chat/completions", {"model": MODEL, "messages": []}, "messages"),
+    ("/v1/chat/completions", {"model": MODEL, "messages": "hi"}, "messages"),       # wrong types
+    ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "robot", "content": "x"}]},
+     "messages.0.role"),
+    ("/v1/chat/completions", {"model": MODEL, "messages": chat("hi"), "max_tokens": "5"}, "max_tokens"),
+    ("/v1/chat/completions", {"model": MODEL, "messages": chat("hi"), "max_tokens": 0}, "max_tokens"),
+    ("/v1/chat/completions", {"model": MODEL, "messages": chat("hi"), "temperature": 3}, "temperature"),
+    ("/v1/completions", {"model": MODEL, "prompt": 5}, "prompt"),
+    ("/v1/completions", {"model": MODEL, "prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ("/v1/chat/completions", {"model": MODEL, "messages": chat("hi"), "n": 2}, "n"),
+    ("/v1/chat/completions", {"model": MODEL, "messages": chat("hi"), "max_tokens": 65}, "max_tokens"),
+    ("/v1/completions", {"model": MODEL, "prompt": "x", "max_tokens": 10**9}, "max_tokens"),
+    ("/v1/completions", {"model": MODEL, "prompt": "   "}, None),                   # blank prompt
+])
+def test_bad_requests_are_400_with_an_openai_error_body(server, path, body, param):
+    status, answer = raw(server, "POST", path, body)
+    assert status == 400, answer
+    assert_openai_error(answer)
+    assert answer["error"]["type"] == "invalid_request_error"
+    assert answer["error"]["param"] == param
+
+
+def test_oversized_max_tokens_and_unknown_model_through_the_client(client):
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=MODEL, messages=chat("hi"), max_tokens=1000)
+    assert "64" in info.value.message  # the limit is named
+    with pytest.raises(openai.NotFoundError) as info:
+        client.chat.completions.create(model="gpt-4o", messages=chat("hi"))
+    assert info.value.code == "model_not_found"
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="gpt-4o", prompt="hi")
+
+
+def test_oversized_body_is_413(server):
+    big = {"model": MODEL, "messages": chat("x" * (MAX_BODY + 1))}
+    for chunked in (False, True):  # with a Content-Length, and streamed without one
+        status, body = raw(server, "POST", "/v1/chat/completions", big, chunked=chunked)
+        assert status == 413
+        assert_openai_error(body, "request_too_large")
+    status, _ = raw(server, "GET", "/v1/models")  # and the server goes on
+    assert status == 200
+
+
+def test_a_full_queue_is_503_and_unknown_paths_404(server):
+    engine = server["app"].state.engine
+    limit, engine.max_queue = engine.max_queue, 0
+    try:
+        status, body = raw(server, "POST", "/v1/chat/completions", {"model": MODEL, "messages": chat("hi")})
+    finally:
+        engine.max_queue = limit
+    assert status == 503
+    assert_openai_error(body, "server_overloaded")
+    status, body = raw(server, "GET", "/v1/nothing")
+    assert status == 404
+    assert_openai_error(body)
+
+
+# -- concurrency -----------------------------------------------------------------------------------
+PROMPTS = ["hi", "What is the capital of France?", "Tell me a story about a dragon and a knight.",
+           "2+2?", "Name three colours.", "Why is the sky blue? Explain it in simple words, please."]
+
+
+def test_32_concurrent_clients_get_the_sequential_answers(client, server, ft):
+    engine = server["app"].state.engine
+    sequential = {(p, n): client.chat.completions.create(model=MODEL, messages=chat(p), max_tokens=n)
+                  for p in PROMPTS for n in (6, 12)}
+    before = engine.stats.batches, engine.stats.jobs, engine.stats.largest_batch
+    assert before[2] <= 2  # so far, mostly one request at a time
+
+    def client_run(i: int) -> list[tuple]:
+        own = openai.OpenAI(base_url=server["url"], api_key=KEY, max_retries=0, timeout=120)
+        out = []
+        for j in range(3):
+            p, n = PROMPTS[(i + j) % len(PROMPTS)], (6, 12)[(i * 3 + j) % 2]
+            if (i + j) % 8 == 0:  # some clients stream, through the same worker
+                chunks = own.chat.completions.create(model=MODEL, messages=chat(p), max_tokens=n, stream=True)
+                text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+                out.append((p, n, text, None))
+            else:
+                reply = own.chat.completions.create(model=MODEL, messages=chat(p), max_tokens=n)
+                out.append((p, n, reply.choices[0].message.content, reply.usage))
+        return out
+
+    with ThreadPoolExecutor(32) as pool:
+        results = [r for rs in pool.map(client_run, range(32)) for r in rs]
+    assert len(results) == 96
+    for p, n, text, used in results:
+        assert text == sequential[(p, n)].choices[0].message.content, (p, n)
+        if used is not None:
+            assert used == sequential[(p, n)].usage
+    stats = engine.stats
+    assert stats.jobs - before[1] == 96
+    assert stats.largest_batch > 1 and stats.batches - before[0] < 96  # requests were batched
+    assert stats.largest_batch <= 8
+    assert engine.waiting == 0
+    after = client.chat.completions.create(model=MODEL, messages=chat("hi"), max_tokens=6)
+    assert after.choices[0].message.content == sequential[("hi", 6)].choices[0].message.content
+
+
+def test_a_failing_prompt_in_a_batch_fails_only_its_request(server, ft):
+    too_long = "word " * 400  # beyond the tiny model's 256-token context window
+    with ThreadPoolExecutor(6) as pool:
+        futures = [pool.submit(raw, server, "POST", "/v1/completions",
+                               {"model": MODEL, "prompt": too_long if i == 2 else PROMPTS[i], "max_tokens": 4})
+                   for i in range(6)]
+        answers = [f.result() for f in futures]
+    for i, (status, body) in enumerate(answers):
+        if i == 2:
+            assert status == 400 and body["error"]["code"] == "context_length_exceeded"
+        else:
+            assert status == 200
+            assert body["choices"][0]["text"] == direct(ft, PROMPTS[i], 4, chat_template=False).text
+
+
+# -- generate_batch: rows with their own limits and stops (what batching relies on) -----------------
+def test_rows_with_their_own_limits_and_stops_equal_one_by_one(ft):
+    handler = DefaultInferenceHandler()
+    args = (ft.model, ft.tokenizer, "cpu")
+    prompts = PROMPTS[:4]
+    limits = [3, 16, 9, 1]
+    word = direct(ft, prompts[1], 16).text.split()[1]
+    stops = [None, [word], None, ["x"]]
+    batched = handler.generate_batch(prompts, *args, 16, max_new_tokens_each=limits, stop_each=stops)
+    alone = [handler.generate_batch([p], *args, n, stop=s)[0] for p, n, s in zip(prompts, limits, stops)]
+    assert batched == alone
+    assert batched[1].finished_with_eos and batched[1].new_tokens < 16
+    assert [g.new_tokens for i, g in enumerate(batched) if i != 1] == [3, 9, 1]
+
+
+def test_engine_queue_is_bounded():
+    gate, started = threading.Event(), threading.Event()
+
+    class Slow:
+        def generate_batch(self, prompts, *a, **k):
+            started.set()
+            gate.wait(10)
+            return []
+
+    engine = Engine(None, None, "cpu", max_queue=1, batch_window_s=0)
+    engine.start()
+    try:
+        slow = Slow()
+        engine.submit(Job("a", slow, 1, [], lambda *_: None))
+        assert started.wait(10)  # the worker holds the first job
+        engine.submit(Job("b", slow, 1, [], lambda *_: None))
+        with pytest.raises(QueueFull):
+            engine.submit(Job("c", slow, 1, [], lambda *_: None))
+    finally:
+        gate.set()
+        engine.close()
+
+
+# -- the command -----------------------------------------------------------------------------------
+def test_finetune_serve_builds_the_server(tiny_llama, monkeypatch):
+    from finetuning_suite.cli.main import main
+
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
+    monkeypatch.setenv("FINETUNE_API_KEY", "from-env")
+    assert main(["serve", "--model_id", tiny_llama, "--device", "cpu", "--port", "0",
+                 "--max_tokens_limit", "32"]) == 0
+    assert seen["host"] == "127.0.0.1" and seen["port"] == 0
+    app = seen["app"]
+    assert app.state.model_name == "llama"  # the model folder's name
+    guards = [m for m in app.user_middleware if m.cls.__name__ == "Guards"]
+    assert guards and guards[0].kwargs["api_key"] == "from-env"
+    assert main(["serve", "--model_id", tiny_llama, "--device", "cpu", "--model-name", "mine",
+                 "--api-key", "k"]) == 0
+    assert seen["app"].state.model_name == "mine" and seen["port"] == 8000
+
+
+def test_finetune_serve_without_fastapi_says_what_to_install(monkeypatch, capsys):
+    from finetuning_suite.cli.main import main
+
+    monkeypatch.setitem(sys.modules, "fastapi", None)  # import fastapi -> ImportError
+    assert main(["serve"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pip install 'finetuning_suite[serve]'" in err
+
+
+def test_bad_serve_options_are_one_line_errors(capsys):
+    from finetuning_suite.cli.main import main
+
+    assert main(["serve", "--port", "70000"]) == 2
+    assert "--port 70000" in capsys.readouterr().err
+
+
+# -- the embedded model ----------------------------------------------------------------------------
+@pytest.mark.slow
+def test_embedded_model_answers_through_the_server(embedded):
+    app = create_app(embedded, model_name="smollm2-135m-instruct", api_key="k")
+    with serving(app) as port:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k", max_retries=0,
+                               timeout=300)
+        reply = client.chat.completions.create(
+            model="smollm2-135m-instruct", max_tokens=30,
+            messages=[{"role": "user", "content": "What is the capital of France?"}])
+        assert "Paris" in reply.choices[0].message.content
+        assert reply.choices[0].finish_reason == "stop"
+        streamed = client.chat.completions.create(
+            model="smollm2-135m-instruct", max_tokens=30, stream=True,
+            messages=[{"role": "user", "content": "What is the capital of France?"}])
+        text = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
+        assert text == reply.choices[0].message.content
