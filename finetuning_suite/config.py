@@ -141,6 +141,14 @@ class TrainingConfig:
     logging_steps: float = _opt(10, "Log train loss, learning rate and throughput every N steps.")
     save_strategy: str = _opt("steps", "When to save checkpoints during training (no, steps, epoch); "
                               "the final model is always saved.")
+    save_steps: float = _opt(0.25, "Save a checkpoint every N steps; a value below 1 is a fraction "
+                             "of all steps (0.25: four checkpoints a run).")
+    save_total_limit: int | None = _opt(2, "Keep at most this many checkpoints (the oldest are "
+                                        "deleted). Empty: keep all.")
+    resume_from_checkpoint: str | None = _opt(None, "Continue an interrupted run: 'true' (the latest "
+                                              "checkpoint-* in output_dir) or a checkpoint folder.")
+    overwrite_output_dir: bool = _opt(False, "Allow output_dir to hold another run: its contents "
+                                      "are deleted before training. Without it such a folder is refused.")
     seed: int = _opt(42, "Seed for adapter initialisation, data order and dropout.")
     report_to: list[str] | None = _opt(None, "Experiment trackers. Empty: tensorboard when installed, "
                                        "else none.")
@@ -151,7 +159,7 @@ class TrainingConfig:
 
 
 # TrainingConfig fields that are ours, not TrainingArguments fields.
-NOT_TRAINING_ARGUMENTS = frozenset({"eval_before", "self_replay"})
+NOT_TRAINING_ARGUMENTS = frozenset({"eval_before", "self_replay", "overwrite_output_dir"})
 
 
 SECTIONS: dict[str, type] = {"model": ModelArguments, "method": MethodArguments, "data": DataArguments,
@@ -283,13 +291,15 @@ _NUMBER_HINTS = {
     "warmup_steps": ("num", 0, None, "0 or more (below 1: a fraction of all steps), e.g. 0.03"),
     "weight_decay": ("num", 0, None, "0 or more, e.g. 0.0"),
     "logging_steps": ("num", 0, None, "a positive number, e.g. 10"),
+    "save_steps": ("num", 0, None, "a positive number (below 1: a fraction of all steps), e.g. 0.25 or 500"),
+    "save_total_limit": ("int", 1, None, "a positive integer, e.g. 2"),
     "temperature": ("num", 0, None, "a positive number, e.g. 0.7"),
     "top_p": ("num", 0, 1, "a number in (0, 1], e.g. 0.9"),
     "top_k": ("int", 0, None, "0 or more, e.g. 50"),
     "repetition_penalty": ("num", 0, None, "a positive number, e.g. 1.0"),
     "num_beams": ("int", 1, None, "a positive integer, e.g. 1"),
 }
-_STRICT_MIN = {"lora_alpha", "num_train_epochs", "learning_rate", "logging_steps", "temperature",
+_STRICT_MIN = {"lora_alpha", "num_train_epochs", "learning_rate", "logging_steps", "save_steps", "temperature",
                "top_p", "repetition_penalty", "eval_fraction"}
 _MAX_INCLUSIVE = {"top_p"}
 
@@ -317,7 +327,7 @@ def check_types(problems: Problems, config: FinetuneConfig) -> None:
         for name, value in dataclasses.asdict(getattr(config, key)).items():
             check_number(problems, name, value)
     for name in ("trust_remote_code", "quantize", "train_on_inputs", "use_chat_template", "do_sample",
-                 "use_rslora", "eval_before", "self_replay"):
+                 "use_rslora", "eval_before", "self_replay", "overwrite_output_dir"):
         value = _get(config, name)
         if not isinstance(value, bool):
             problems.add(name, value, "must be true or false.")

@@ -53,3 +53,7 @@ class Problems:
             noun = "invalid argument" if n == 1 else "invalid arguments"
             lines = "\n".join(f"  - {item}" for item in self.items)
             raise self.error_cls(f"{self.where}: {n} {noun}:\n{lines}")
+
+
+class TrainingError(FineTuningError, RuntimeError):
+    """Training stopped: the loss became non-finite, or the device ran out of memory."""

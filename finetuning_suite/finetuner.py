@@ -14,6 +14,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from .config import FinetuneConfig
 from .data.chat_template import template_for
 from .data.preprocessing import DefaultPreprocessor
 from .data.sources import load_source, split_dataset
-from .errors import ConfigError, DatasetError, Problems
+from .errors import ConfigError, DatasetError, Problems, TrainingError
 from .infer.generation import DefaultInferenceHandler
 from .model.device import default_dtype, parse_dtype, resolve_device
 from .model.facts import is_encoder_decoder
@@ -31,7 +32,9 @@ from .model.lora import SPEC_TARGET_MODULES, SPEC_TASK_TYPE
 from .model.methods import prepare_model, trainable_summary
 from .model.quantization import get_quantization_config
 from .train import defaults as auto_defaults
+from .train.guards import NonFiniteGuard, is_out_of_memory, out_of_memory_message
 from .train.meter import meter_callback
+from .train.output_dir import commit_files, find_checkpoint, prepare_output_dir
 from .train.report import write_report
 from .train.runinfo import run_record, write_json_atomic, write_text_atomic
 from .train.trainer_config import DefaultTrainerConfig
@@ -183,20 +186,29 @@ class FineTuner:
         return dataset
 
     def train(self, output_dir: str | None = None, num_train_epochs: float | None = None, *,
-              eval_before: bool | None = None) -> dict:
+              eval_before: bool | None = None, resume_from_checkpoint=None,
+              overwrite_output_dir: bool | None = None) -> dict:
         """Fine-tune on the dataset; save the adapter (or full model), tokenizer, run config and
         report in `output_dir`. Arguments left out come from the configuration. Returns the
         training metrics, and with an eval split the evaluation metrics (`eval_loss`, ...);
-        with `eval_before=True` also `before` and `after` evaluations."""
+        with `eval_before=True` also `before` and `after` evaluations.
+
+        `resume_from_checkpoint=True` continues an interrupted run from the latest
+        `checkpoint-*` in `output_dir` (or from the checkpoint folder given): adapter, optimizer,
+        scheduler, RNG and data position are restored. A folder that holds another run is
+        refused unless `overwrite_output_dir=True` (its contents are deleted first)."""
         problems = Problems("FineTuner.train")
         from .config import check_number
 
         check_number(problems, "num_train_epochs", num_train_epochs)
-        if eval_before is not None and not isinstance(eval_before, bool):
-            problems.add("eval_before", eval_before, "must be True or False.")
+        for name, value in (("eval_before", eval_before), ("overwrite_output_dir", overwrite_output_dir)):
+            if value is not None and not isinstance(value, bool):
+                problems.add(name, value, "must be True or False.")
         problems.raise_if_any()
         if eval_before is None:
             eval_before = self.config.training.eval_before
+        if overwrite_output_dir is None:
+            overwrite_output_dir = self.config.training.overwrite_output_dir
         if self.tokenized_dataset is None:
             self.preprocess_data()  # may raise on bad data: nothing has been written yet
         method = "qlora" if self._bits() else self.config.method.method
@@ -205,7 +217,11 @@ class FineTuner:
         self.chosen_defaults = auto_defaults.choose_defaults(
             method, len(self.tokenized_dataset), epochs, replay=self._replay_possible())
         args = self._training_arguments(output_dir, num_train_epochs)
-        out = _check_output_dir(args.output_dir)
+        resume = _resume_value(resume_from_checkpoint if resume_from_checkpoint is not None
+                               else args.resume_from_checkpoint)
+        out = prepare_output_dir(args.output_dir, resume=resume is not None,
+                                 overwrite=overwrite_output_dir, main_process=args.process_index == 0)
+        checkpoint = find_checkpoint(out, resume)
         started = time.time()
         before = self.evaluate() if eval_before and self.raw_eval_dataset is not None else None
         train_set = self._with_self_replay(self.tokenized_dataset, self.chosen_defaults["replay_rows"])
@@ -214,18 +230,29 @@ class FineTuner:
             train_dataset=train_set, eval_dataset=self.eval_dataset,
             encoder_decoder=self.is_encoder_decoder)
         trainer.add_callback(meter_callback(self.model, train_set, out, self.dtype, self.device))
-        metrics = dict(trainer.train().metrics)
+        trainer.add_callback(NonFiniteGuard(self.model, out))
+        if args.process_index == 0:  # the settings first: a crashed run can be resumed from them
+            write_text_atomic(out / RUN_YAML_FILE, self.resolved_config(args, out).to_yaml())
+        if checkpoint:
+            logger.info("Resuming from %s.", checkpoint)
+        try:
+            metrics = dict(trainer.train(resume_from_checkpoint=checkpoint).metrics)
+        except Exception as exc:
+            if is_out_of_memory(exc):
+                raise TrainingError(out_of_memory_message(exc, args)) from exc
+            raise
         after = None
         if self.eval_dataset is not None:
             metrics.update(trainer.evaluate())
             if eval_before:
                 after = self.evaluate()
                 metrics.update(before=before, after=after)
+        if args.process_index != 0:  # one process writes; the others end here
+            return metrics
         record = self.save(out, training_args=args, metrics=metrics)
-        if args.process_index == 0:
-            record["wall_seconds"] = round(time.time() - started, 1)
-            paths = write_report(out, record, before, after)
-            logger.info("Run report: %s", paths["report"])
+        record["wall_seconds"] = round(time.time() - started, 1)
+        paths = write_report(out, record, before, after)
+        logger.info("Run report: %s", paths["report"])
         return metrics
 
     def _replay_possible(self) -> bool:
@@ -300,16 +327,37 @@ class FineTuner:
 
     def save(self, output_dir, training_args=None, metrics: dict | None = None) -> dict:
         """Save the adapter (PEFT safetensors; the whole model for method='full'), the tokenizer,
-        the resolved `config.yaml` and `finetuner_config.json`, written last and atomically: its
-        presence marks a complete save."""
+        the resolved `config.yaml` and `finetuner_config.json`. Everything is written to a
+        staging folder first and moved into place with `finetuner_config.json` last: its
+        presence marks a complete save. Files of an earlier save that this one does not write
+        (e.g. an old chat template) are removed, so runs never mix."""
         out = _check_output_dir(output_dir)
-        self.model.save_pretrained(out, safe_serialization=True)
-        self.tokenizer.save_pretrained(out)
-        resolved = self.resolved_config(training_args, out)
-        write_text_atomic(out / RUN_YAML_FILE, resolved.to_yaml())
-        record = run_record(self, resolved, training_args, metrics)
-        write_json_atomic(out / RUN_CONFIG_FILE, record)
+        staging = out / ".saving"
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir(parents=True)
+        try:
+            self.model.save_pretrained(staging, safe_serialization=True)
+            self.tokenizer.save_pretrained(staging)
+            resolved = self.resolved_config(training_args, out)
+            write_text_atomic(staging / RUN_YAML_FILE, resolved.to_yaml())
+            record = run_record(self, resolved, training_args, metrics)
+            record["files"] = sorted([p.name for p in staging.iterdir()] + [RUN_CONFIG_FILE])
+            write_json_atomic(staging / RUN_CONFIG_FILE, record)
+            commit_files(staging, out, _previous_files(out))
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         return record
+
+    def export(self, path, merged: bool = True, gguf: str | None = None, overwrite: bool = False) -> dict:
+        """Take the model out of the package: `merged=True` writes a plain transformers folder
+        (adapter merged into the base, a 4-bit base dequantized first); `merged=False` the PEFT
+        adapter alone; `gguf="f16"|"q8_0"` also a GGUF file and an Ollama Modelfile (Llama
+        architectures). Returns the paths written. See `finetuning_suite.export`."""
+        from .export import export_model
+
+        return export_model(self, path, merged=merged, gguf=gguf, overwrite=overwrite)
 
     def resolved_config(self, training_args=None, output_dir=None) -> FinetuneConfig:
         """The configuration with automatic choices filled in, as `config.yaml` records it."""
@@ -326,6 +374,9 @@ class FineTuner:
                 if hasattr(training_args, f.name) and f.name != "output_dir":
                     value = getattr(training_args, f.name)
                     setattr(cfg.training, f.name, _yaml_value(value))
+        # how this run was started, not a setting to repeat: a rerun from config.yaml starts afresh
+        cfg.training.resume_from_checkpoint = None
+        cfg.training.overwrite_output_dir = False
         peft_config = getattr(self.model, "peft_config", {}).get("default")
         if peft_config is not None and cfg.method.method != "full":
             # as chosen here ("all-linear" or names), not peft's expansion into full module paths
@@ -341,6 +392,28 @@ def _yaml_value(value):
     if isinstance(value, (list, tuple)):
         return [getattr(v, "value", v) for v in value]
     return value
+
+
+def _resume_value(value):
+    """resume_from_checkpoint as None (start afresh), True (the latest checkpoint) or a path."""
+    if value is None or value is False or (isinstance(value, str) and value.lower() in ("", "false", "no")):
+        return None
+    if value is True or (isinstance(value, str) and value.lower() in ("true", "yes", "latest")):
+        return True
+    if isinstance(value, (str, os.PathLike)):
+        return os.fspath(value)
+    raise ConfigError(f"resume_from_checkpoint={value!r} must be True (the latest checkpoint in "
+                      "output_dir) or the path of a checkpoint-N folder.")
+
+
+def _previous_files(out: Path) -> list[str]:
+    """The files the last complete save in `out` wrote (listed in its run record)."""
+    import json
+
+    try:
+        return list(json.loads((out / RUN_CONFIG_FILE).read_text()).get("files") or [])
+    except (OSError, ValueError, AttributeError):
+        return []
 
 
 def _check_output_dir(output_dir) -> Path:

@@ -31,6 +31,8 @@ COMMANDS = {
     "eval": "loss, perplexity and generation metrics on a dataset's eval split",
     "generate": "generate for one prompt (--prompt) or a file of prompts (--prompts_file)",
     "chat": "talk to a model in the terminal (keeps the conversation; /reset, /exit)",
+    "export": "write a merged model folder, the adapter alone, or a GGUF file (+ Ollama Modelfile)",
+    "serve": "an OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions, /v1/models)",
     "demo": "the main job: teach the embedded model ISO dates, before/after",
 }
 
@@ -70,7 +72,17 @@ class GenerateCliArguments:
                                      "line, or a .jsonl file with a 'prompt' field."})
 
 
-_EXTRA = {"eval": EvalCliArguments, "generate": GenerateCliArguments}
+def _extra(command: str):
+    """The command's own options dataclass (export and serve keep theirs beside their code)."""
+    if command == "export":
+        from .export import ExportCliArguments
+
+        return ExportCliArguments
+    if command == "serve":
+        from .serve import ServeCliArguments
+
+        return ServeCliArguments
+    return {"eval": EvalCliArguments, "generate": GenerateCliArguments}.get(command)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -86,7 +98,8 @@ def build_parser(command: str):
     class Parser(HfArgumentParser, _Parser):
         pass
 
-    types = [*SECTIONS.values(), CliArguments] + ([_EXTRA[command]] if command in _EXTRA else [])
+    extra = _extra(command)
+    types = [*SECTIONS.values(), CliArguments] + ([extra] if extra is not None else [])
     parser = Parser(types, prog=f"finetune {command}", description=COMMANDS[command],
                     epilog="Any other transformers.TrainingArguments field is accepted as "
                            "--name value.")
@@ -298,7 +311,20 @@ def cmd_demo(argv: list[str]) -> int:
     return 0
 
 
-_RUN = {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "chat": cmd_chat}
+def cmd_export(config: FinetuneConfig, options: dict) -> int:
+    from .export import cmd_export as run
+
+    return run(config, options)
+
+
+def cmd_serve(config: FinetuneConfig, options: dict) -> int:
+    from .serve import cmd_serve as run
+
+    return run(config, options)
+
+
+_RUN = {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "chat": cmd_chat,
+        "export": cmd_export, "serve": cmd_serve}
 
 
 def usage() -> str:

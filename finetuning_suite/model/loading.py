@@ -23,11 +23,10 @@ from .embedded import EMBEDDED_MODEL_NAME, converted_gguf_dir, embedded_model_di
 from .facts import is_encoder_decoder
 from ..errors import ModelLoadError
 from .quantization import keep_cpu_4bit_weights_trainable
+from .run_folder import RUN_CONFIG_FILE, RUN_YAML_FILE, check_complete  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
 
-RUN_CONFIG_FILE = "finetuner_config.json"
-RUN_YAML_FILE = "config.yaml"  # the resolved FinetuneConfig of the run, flat YAML
 EMBEDDED_SOURCE = f"embedded:{EMBEDDED_MODEL_NAME}"
 
 
@@ -53,6 +52,7 @@ def resolve_model_source(model_id: str | os.PathLike | None, adapter_path=None) 
             "or a hub id."
         )
     if path.is_dir():
+        check_complete(path, text)
         if (path / "adapter_config.json").is_file():
             if adapter_path is not None:
                 raise ModelLoadError(

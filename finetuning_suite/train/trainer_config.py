@@ -26,6 +26,7 @@ def fixed_defaults() -> dict[str, Any]:
               and f.default is not dataclasses.MISSING}
     values["report_to"] = ["tensorboard"] if tensorboard_available() else "none"
     values["include_num_input_tokens_seen"] = "non_padding"  # tokens/s and MFU in metrics.jsonl
+    values["logging_nan_inf_filter"] = False  # a NaN loss must show (and stop the run, see guards)
     return values
 
 

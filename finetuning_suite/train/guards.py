@@ -1,0 +1,60 @@
+"""Guards that stop a run with a clear message instead of a library traceback or a silently
+broken model: a non-finite loss or weight (stops before the bad state is checkpointed), and a
+device out of memory (names the options that use less)."""
+from __future__ import annotations
+
+import math
+
+import torch
+from transformers import TrainerCallback
+
+from ..errors import TrainingError
+from ..model.run_folder import checkpoints
+
+
+class NonFiniteGuard(TrainerCallback):
+    """Raises `TrainingError` as soon as a logged loss or a trainable weight is NaN or infinite.
+
+    The weight check runs after each optimizer step and before the Trainer saves a checkpoint
+    for that step, so the checkpoints on disk hold only finite weights. (The Trainer's own
+    `logging_nan_inf_filter` would hide a NaN loss; we switch it off, see `trainer_config`.)
+    """
+
+    def __init__(self, model, output_dir):
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.output_dir = output_dir
+
+    def on_step_end(self, args, state, control, **kwargs):
+        for p in self.params:
+            if not torch.isfinite(p).all():
+                self._stop(state, "a trainable weight")
+        return control
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        for key in ("loss", "grad_norm"):
+            value = (logs or {}).get(key)
+            if isinstance(value, float) and not math.isfinite(value):
+                self._stop(state, f"the {key.replace('_', ' ')} ({value})")
+        return control
+
+    def _stop(self, state, what: str):
+        found = checkpoints(self.output_dir)
+        keep = (f"The last good checkpoint is {found[-1]}." if found
+                else "No checkpoint had been saved yet.")
+        raise TrainingError(
+            f"Training stopped at step {state.global_step}: {what} became NaN or infinite, so the "
+            f"run diverged and nothing more was saved. {keep} Lower learning_rate (e.g. by 10x), "
+            "keep max_grad_norm=1.0, or train in float32 (dtype='float32').")
+
+
+def out_of_memory_message(exc: BaseException, args) -> str:
+    return (
+        f"The device ran out of memory during training ({str(exc).splitlines()[0][:200]}). Use "
+        f"less: a smaller per_device_train_batch_size (now {args.per_device_train_batch_size}) "
+        "with a larger gradient_accumulation_steps (same effective batch), quantize=True (4-bit "
+        "QLoRA), gradient_checkpointing=True, or shorter sequences (max_seq_length).")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+    return isinstance(exc, oom) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())

@@ -1,0 +1,164 @@
+"""Checkpoints and resume: a run killed with SIGKILL mid-training and resumed ends with the
+same adapter as an uninterrupted run with the same seed (peers' known bug class: a LoRA resume
+that looks for full weights, or one that silently skips training)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from finetuning_suite import FineTuner
+from finetuning_suite.errors import ConfigError, ModelLoadError
+
+SCRIPT = Path(__file__).parent / "scripts" / "train_tiny.py"
+
+
+def _data(tmp_path) -> str:
+    path = tmp_path / "data.jsonl"
+    rows = [{"prompt": f"Code for item {i}?", "completion": f"Item {i} is coded Z{i * 7 % 13}."}
+            for i in range(24)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def _run(*args, check=True):
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    proc = subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(proc.stderr[-3000:])
+    return proc
+
+
+def _adapter(folder) -> dict:
+    return load_file(str(Path(folder) / "adapter_model.safetensors"))
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(tiny_llama, tmp_path):
+    data = _data(tmp_path)
+    _run(tiny_llama, data, tmp_path / "straight")
+
+    crashed = tmp_path / "crashed"
+    proc = _run(tiny_llama, data, crashed, "--kill-at", 5, check=False)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert sorted(p.name for p in crashed.glob("checkpoint-*")) == ["checkpoint-3"]
+    assert not (crashed / "adapter_model.safetensors").exists()
+    # the unfinished folder says what happened and how to go on
+    with pytest.raises(ModelLoadError, match=r"checkpoint-3.*resume_from_checkpoint=True"):
+        FineTuner(model_id=str(crashed), device="cpu")
+
+    base = _adapter(crashed / "checkpoint-3")
+    _run(tiny_llama, data, crashed, "--resume")
+    # save_total_limit=2 keeps the last two checkpoints
+    assert sorted(p.name for p in crashed.glob("checkpoint-*")) == ["checkpoint-6", "checkpoint-8"]
+    state = json.loads((crashed / "checkpoint-8" / "trainer_state.json").read_text())
+    assert state["global_step"] == 8
+    # it trained steps 4..8 (not skipped), logging each one
+    logged = [r["step"] for r in state["log_history"] if "loss" in r]
+    assert logged == list(range(1, 9))
+
+    a, b = _adapter(tmp_path / "straight"), _adapter(crashed)
+    assert a.keys() == b.keys()
+    moved = max((a[k] - base[k]).abs().max().item() for k in a)
+    assert moved > 1e-3  # the resumed steps changed the adapter
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst < 1e-5, f"resumed adapter differs from the uninterrupted one by {worst}"
+
+
+def test_resume_without_checkpoint_is_refused(tiny_llama, tmp_path):
+    ft = FineTuner(model_id=tiny_llama, device="cpu", dataset_name=_data(tmp_path), max_length=8,
+                   self_replay=False)
+    with pytest.raises(ConfigError, match="holds no checkpoint"):
+        ft.train(tmp_path / "fresh", resume_from_checkpoint=True)
+    with pytest.raises(ConfigError, match="not a checkpoint folder"):
+        ft.train(tmp_path / "fresh", resume_from_checkpoint=str(tmp_path / "nowhere"))
+    assert not (tmp_path / "fresh").exists()
+
+
+def test_reused_output_dir_is_refused_then_replaced(tiny_llama, tiny_gpt2, tmp_path):
+    from conftest import fast_trainer
+
+    data = _data(tmp_path)
+    out = tmp_path / "out"
+    llama = FineTuner(model_id=tiny_llama, device="cpu", dataset_name=data, max_length=8,
+                      trainer_config=fast_trainer(max_steps=2), self_replay=False)
+    llama.train(out)
+    assert (out / "chat_template.jinja").exists()
+    before = sorted(p.name for p in out.iterdir())
+
+    gpt2 = FineTuner(model_id=tiny_gpt2, device="cpu", dataset_name=data, max_length=8,
+                     trainer_config=fast_trainer(max_steps=2), self_replay=False,
+                     use_chat_template=False)
+    with pytest.raises(ConfigError, match="already holds a run.*overwrite_output_dir=True"):
+        gpt2.train(out)
+    assert sorted(p.name for p in out.iterdir()) == before  # untouched
+
+    gpt2.train(out, overwrite_output_dir=True)
+    assert not (out / "chat_template.jinja").exists()  # nothing of the Llama run is left
+    record = json.loads((out / "finetuner_config.json").read_text())
+    assert record["model"]["model_type"] == "gpt2"
+    assert sorted(record["files"]) == sorted(p.name for p in out.iterdir() if p.is_file()
+                                              and p.name not in ("metrics.jsonl", "report.html",
+                                                                 "loss_curve.png"))
+
+
+def test_interrupted_save_is_reported(tiny_llama, tmp_path):
+    from conftest import fast_trainer
+
+    out = tmp_path / "out"
+    ft = FineTuner(model_id=tiny_llama, device="cpu", dataset_name=_data(tmp_path), max_length=8,
+                   trainer_config=fast_trainer(max_steps=1), self_replay=False)
+    ft.train(out)
+    FineTuner(model_id=str(out), device="cpu")  # complete: loads
+    (out / "finetuner_config.json").unlink()  # as if killed before the marker landed
+    with pytest.raises(ModelLoadError, match="save did not complete"):
+        FineTuner(model_id=str(out), device="cpu")
+
+
+def test_output_dir_under_a_file_is_refused_before_training(tiny_llama, tmp_path):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("not a folder")
+    ft = FineTuner(model_id=tiny_llama, device="cpu", dataset_name=_data(tmp_path), max_length=8,
+                   self_replay=False)
+    with pytest.raises(ConfigError, match="is a file, not a folder"):
+        ft.train(blocker / "run")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_output_dir_is_refused_before_training(tiny_llama, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        ft = FineTuner(model_id=tiny_llama, device="cpu", dataset_name=_data(tmp_path), max_length=8,
+                       self_replay=False)
+        with pytest.raises(ConfigError, match="not writable"):
+            ft.train(locked / "run")
+    finally:
+        locked.chmod(0o700)
+    assert list(locked.iterdir()) == []
+
+
+def test_nan_during_training_stops_and_keeps_last_good_checkpoint(tiny_llama, tmp_path):
+    from conftest import fast_trainer
+
+    from finetuning_suite.errors import TrainingError
+
+    out = tmp_path / "out"
+    # a learning rate this large overflows the weights within a few steps
+    ft = FineTuner(model_id=tiny_llama, device="cpu", dataset_name=_data(tmp_path), max_length=8,
+                   trainer_config=fast_trainer(max_steps=30, learning_rate=1e30, save_strategy="steps",
+                                               save_steps=1, max_grad_norm=0.0),
+                   self_replay=False)
+    with pytest.raises(TrainingError, match="NaN or infinite.*last good checkpoint"):
+        ft.train(out)
+    assert not (out / "adapter_model.safetensors").exists()
+    for ckpt in out.glob("checkpoint-*"):
+        weights = load_file(str(ckpt / "adapter_model.safetensors"))
+        assert all(torch.isfinite(w).all() for w in weights.values()), ckpt
