@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> dict:
     held_out = held_out.select(range(min(args.eval_limit, len(held_out))))
     print(f"Loading the embedded model; task: {TASK} ({len(held_out)} held-out prompts)")
     ft = FineTuner(dataset_name=TASK, max_length=16, num_train_epochs=args.epochs, save_strategy="no",
+                   overwrite_output_dir=True,  # the demo owns its folder: a rerun replaces it
                    output_dir=args.output_dir)
     started = time.time()
     before = ft.evaluate(held_out)

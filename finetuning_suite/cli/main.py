@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,10 +207,13 @@ def cmd_train(config: FinetuneConfig, options: dict) -> int:
         metrics = ft.train(eval_before=config.training.eval_before)
     except KeyboardInterrupt:
         checkpoints = sorted(Path(out).glob("checkpoint-*")) if Path(out).is_dir() else []
-        saved = (f"the last checkpoint is {checkpoints[-1]}" if checkpoints
-                 else "no checkpoint was saved (save_strategy/save_steps)")
+        saved = (f"the last checkpoint is {checkpoints[-1]}; continue with `finetune train "
+                 f"--config {out}/config.yaml --resume_from_checkpoint true`" if checkpoints
+                 else "no checkpoint was saved yet (save_steps)")
         print(f"\nInterrupted: the final model was not saved; {saved}.", file=sys.stderr)
         return 130
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun / accelerate: rank 0 reports
+        return 0
     shown = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
     print(json.dumps(shown, indent=2))
     print(f"Saved to {out}/ (report: {out}/report.html). Reload with: finetune chat --model_id {out}")

@@ -95,6 +95,11 @@ def run_record(ft, resolved, training_args=None, metrics: dict | None = None) ->
         "config": resolved.to_flat(),
         "training": training_args.to_dict() if training_args is not None else None,
         "seed": training_args.seed if training_args is not None else resolved.training.seed,
+        "world_size": training_args.world_size if training_args is not None else None,
+        # examples per optimizer step over all processes
+        "global_batch_size": (training_args.per_device_train_batch_size
+                              * training_args.gradient_accumulation_steps * training_args.world_size)
+        if training_args is not None else None,
         "metrics": metrics,
         "versions": library_versions(),
     }
