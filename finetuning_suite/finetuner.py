@@ -247,9 +247,10 @@ class FineTuner:
             if eval_before:
                 after = self.evaluate()
                 metrics.update(before=before, after=after)
+        state_dict = _gathered_state_dict(trainer)  # sharded weights: every process takes part
         if args.process_index != 0:  # one process writes; the others end here
             return metrics
-        record = self.save(out, training_args=args, metrics=metrics)
+        record = self.save(out, training_args=args, metrics=metrics, state_dict=state_dict)
         record["wall_seconds"] = round(time.time() - started, 1)
         paths = write_report(out, record, before, after)
         logger.info("Run report: %s", paths["report"])
@@ -325,7 +326,8 @@ class FineTuner:
             tokenized = tokenized.select(range(min(limit, len(tokenized))))
         return evaluate_split(self, raw, tokenized, max_new_tokens=max_new_tokens, batch_size=batch_size)
 
-    def save(self, output_dir, training_args=None, metrics: dict | None = None) -> dict:
+    def save(self, output_dir, training_args=None, metrics: dict | None = None, *,
+             state_dict: dict | None = None) -> dict:
         """Save the adapter (PEFT safetensors; the whole model for method='full'), the tokenizer,
         the resolved `config.yaml` and `finetuner_config.json`. Everything is written to a
         staging folder first and moved into place with `finetuner_config.json` last: its
@@ -337,7 +339,8 @@ class FineTuner:
             shutil.rmtree(staging)
         staging.mkdir(parents=True)
         try:
-            self.model.save_pretrained(staging, safe_serialization=True)
+            extra = {"state_dict": state_dict} if state_dict is not None else {}
+            self.model.save_pretrained(staging, safe_serialization=True, **extra)
             self.tokenizer.save_pretrained(staging)
             resolved = self.resolved_config(training_args, out)
             write_text_atomic(staging / RUN_YAML_FILE, resolved.to_yaml())
@@ -392,6 +395,16 @@ def _yaml_value(value):
     if isinstance(value, (list, tuple)):
         return [getattr(v, "value", v) for v in value]
     return value
+
+
+def _gathered_state_dict(trainer) -> dict | None:
+    """The full weights when FSDP or DeepSpeed shard them across processes (a collective call:
+    every process must make it); None when the model is whole in every process."""
+    if getattr(trainer, "is_fsdp_enabled", False):
+        return trainer.accelerator.get_state_dict(trainer.model)
+    if getattr(trainer, "is_deepspeed_enabled", False):
+        return trainer.accelerator.get_state_dict(trainer.deepspeed)
+    return None
 
 
 def _resume_value(value):
