@@ -357,6 +357,26 @@ def test_a_failing_prompt_in_a_batch_fails_only_its_request(server, ft):
             assert body["choices"][0]["text"] == direct(ft, PROMPTS[i], 4, chat_template=False).text
 
 
+def test_a_client_that_leaves_a_stream_does_not_stall_the_server(client, server):
+    engine = server["app"].state.engine
+    streams = engine.stats.streams
+    conn = http.client.HTTPConnection("127.0.0.1", server["port"], timeout=60)
+    conn.request("POST", "/v1/chat/completions", json.dumps(
+        {"model": MODEL, "messages": chat("Tell me everything."), "max_tokens": 64, "stream": True}),
+        {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    response = conn.getresponse()
+    assert response.status == 200
+    assert response.read(6) == b"data: "  # the first event begins; hang up
+    conn.sock.shutdown(socket.SHUT_RDWR)
+    conn.close()
+    reply = client.chat.completions.create(model=MODEL, messages=chat("hi"), max_tokens=4)
+    assert reply.choices[0].message.content
+    deadline = time.monotonic() + 10
+    while engine.stats.streams == streams and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert engine.stats.streams == streams + 1 and engine.waiting == 0
+
+
 # -- generate_batch: rows with their own limits and stops (what batching relies on) -----------------
 def test_rows_with_their_own_limits_and_stops_equal_one_by_one(ft):
     handler = DefaultInferenceHandler()
@@ -370,6 +390,13 @@ def test_rows_with_their_own_limits_and_stops_equal_one_by_one(ft):
     assert batched == alone
     assert batched[1].finished_with_eos and batched[1].new_tokens < 16
     assert [g.new_tokens for i, g in enumerate(batched) if i != 1] == [3, 9, 1]
+    # a prompt near the context window (256) does not cut a short prompt's answer in its batch
+    long = "word " * 215
+    rendered = ft.tokenizer.apply_chat_template(chat(long), add_generation_prompt=True, tokenize=False)
+    assert 240 < len(ft.tokenizer(rendered, add_special_tokens=False)["input_ids"]) < 250
+    pair = handler.generate_batch([long, "hi"], *args, 16, max_new_tokens_each=[16, 16])
+    assert pair == [handler.generate_batch([p], *args, 16)[0] for p in (long, "hi")]
+    assert pair[1].new_tokens == 16 and pair[0].new_tokens < 16
 
 
 def test_engine_queue_is_bounded():

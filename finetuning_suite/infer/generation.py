@@ -223,7 +223,9 @@ class DefaultInferenceHandler:
         `stop`: strings that end an answer; the text is cut before the first one.
         `max_new_tokens_each`, `stop_each` (optional, one entry per prompt): a row's own
         new-token limit (further capped by `max_length` and the context window) and its own stop
-        strings (added to `stop`); a row stops generating at its own limit or stop string.
+        strings (added to `stop`); a row stops generating at its own limit or stop string, and
+        its `Generation` is the one it would get alone (rows that the longest prompt would leave
+        less room in the context window than alone are generated one at a time).
         Pass a few dozen prompts at a time (evaluation batches them, see `evaluate.py`).
         """
         if isinstance(prompts, (str, dict)) or not isinstance(prompts, Sequence):
@@ -239,6 +241,14 @@ class DefaultInferenceHandler:
         if not prompts:
             return []
         batch = self._prepare(list(prompts), model, tokenizer, device, max_length)
+        window = None if batch.encoder_decoder else context_window(model.config)
+        if per_row and window is not None and len(prompts) > 1 and any(
+                min(n, window - k) > batch.max_new for n, k in zip(limits, batch.prompt_lengths)):
+            # the longest prompt leaves the batch less room than a row would have alone: answer
+            # each alone rather than cut a row short (only near the context window)
+            return [self.generate_batch([p], model, tokenizer, device, max_length, stop=stop,
+                                        max_new_tokens_each=[n], stop_each=[row_stop])[0]
+                    for p, n, row_stop in zip(prompts, limits, row_stops)]
         limits = [min(n, batch.max_new) for n in limits]
         if per_row:
             batch.max_new = max(limits)

@@ -45,7 +45,7 @@ MAX_STOP_SEQUENCES = 4  # as OpenAI
 def create_app(finetuner, *, model_name: str, api_key: str | None = None,
                max_tokens_limit: int = 1024, max_batch_size: int = 8,
                max_body_bytes: int = 1_000_000, max_queue: int = 64,
-               batch_window_s: float = 0.01) -> FastAPI:
+               batch_window_s: float = 0.05) -> FastAPI:
     """The server's app over `finetuner` (its model, tokenizer and generation settings).
 
     api_key: every request must send `Authorization: Bearer <api_key>`; None reads the

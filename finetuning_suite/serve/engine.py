@@ -137,7 +137,7 @@ class EngineStats:
 
 class Engine:
     def __init__(self, model, tokenizer, device: str, *, max_batch_size: int = 8,
-                 max_queue: int = 64, batch_window_s: float = 0.01):
+                 max_queue: int = 64, batch_window_s: float = 0.05):
         self.model, self.tokenizer, self.device = model, tokenizer, device
         self.max_batch_size, self.max_queue, self.batch_window_s = max_batch_size, max_queue, batch_window_s
         self.stats = EngineStats()
@@ -145,6 +145,7 @@ class Engine:
         self._cv = threading.Condition()
         self._closed = False
         self._thread: threading.Thread | None = None
+        self._running: list[Job] = []
 
     # -- life cycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -156,11 +157,14 @@ class Engine:
             self._thread.start()
 
     def close(self, timeout: float = 30.0) -> None:
-        """Stop taking jobs, fail the waiting ones, let the running one finish."""
+        """Stop taking jobs, fail the waiting ones, stop a running stream (a running batch
+        finishes)."""
         with self._cv:
             self._closed = True
             waiting = list(self._pending)
             self._pending.clear()
+            for job in self._running:
+                job.cancelled.set()
             self._cv.notify_all()
         for job in waiting:
             job.deliver("error", EngineClosed("The server is shutting down."))
@@ -200,6 +204,9 @@ class Engine:
                 logger.exception("Engine job failed")
                 for job in jobs:
                     _deliver(job, "error", exc)
+            finally:
+                with self._cv:
+                    self._running = []
 
     def _next(self) -> list[Job] | None:
         with self._cv:
@@ -208,8 +215,9 @@ class Engine:
                     return None
                 self._cv.wait()
             first = self._pending.popleft()
-            if first.stream:
-                return [first]
+            if first.stream or self._closed:
+                self._running = [first]
+                return self._running
             deadline = time.monotonic() + self.batch_window_s
             while True:
                 mates = [j for j in self._pending if not j.stream and j.handler is first.handler]
@@ -220,7 +228,8 @@ class Engine:
                 self._cv.wait(left)
             for job in mates:
                 self._pending.remove(job)
-            return [first, *mates]
+            self._running = [first, *mates]
+            return self._running
 
     def _run_batch(self, jobs: list[Job]) -> None:
         handler = jobs[0].handler
