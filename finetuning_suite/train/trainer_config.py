@@ -12,6 +12,7 @@ from typing import Any, Protocol, runtime_checkable
 from ..config import suggest, training_argument_names
 from ..errors import ConfigError
 from . import defaults as auto_defaults
+from .loss import trainer_class
 from .meter import tensorboard_available
 
 
@@ -51,6 +52,10 @@ class DefaultTrainerConfig:
     Unset fields take `TRAINING_DEFAULTS`, then the TrainingArguments defaults. The device decides
     precision: fp32 on CPU, bf16 mixed precision on CUDA cards that support it.
     """
+
+    # Compute the output layer and loss only at labelled positions (`train/loss.py`); the value
+    # equals the Hugging Face loss. Set False on an instance to get the Trainer's own loss.
+    labelled_loss = True
 
     def __init__(self, **training_args: Any):
         unknown = sorted(set(training_args) - training_argument_names())
@@ -96,6 +101,8 @@ class DefaultTrainerConfig:
 
         collator = default_collator(tokenizer, model, encoder_decoder, on_cpu=bool(args.use_cpu))
         cls = Seq2SeqTrainer if encoder_decoder else Trainer
+        if self.labelled_loss and not encoder_decoder:
+            cls = trainer_class(cls)  # lm_head and loss on labelled positions only (train/loss.py)
         return cls(model=model, args=args, data_collator=collator, train_dataset=train_dataset,
                    eval_dataset=eval_dataset, processing_class=tokenizer)
 
