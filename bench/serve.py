@@ -134,7 +134,7 @@ def bench_server(ft, max_tokens: int, rounds: int, texts: list[str]) -> dict:
         def run_client(i):
             return [ask(clients[i], i) for _ in range(rounds)]
 
-        batches0, largest0 = engine.stats.batches, engine.stats.largest_batch
+        batches0 = engine.stats.batches
         with ThreadPoolExecutor(len(PROMPTS)) as pool:
             s, answers = timed(lambda: [a for r in pool.map(run_client, range(len(PROMPTS))) for a in r])
         results["clients_8"] = _server_entry(s, answers, texts, engine.stats.batches - batches0)
