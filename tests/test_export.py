@@ -250,35 +250,56 @@ def small_llama(tmp_path_factory):
 
 
 # -- merged and adapter round trips ------------------------------------------------------------
-def test_merged_and_adapter_load_without_the_package_and_match_generate(llama_ft, tiny_llama,
-                                                                        tiny_t5, tmp_path):
+@pytest.fixture(scope="module")
+def round_trips(llama_ft, small_llama, tiny_llama, tiny_t5, tmp_path_factory):
+    """Every export the round-trip tests check, loaded back in one plain-Python process (one
+    interpreter start instead of one per test)."""
+    root = tmp_path_factory.mktemp("round_trips")
     ft, base_texts = llama_ft
-    expected = [ft.generate(p) for p in PROMPTS]
-    assert expected != base_texts  # the adapter changes the answers, so a lost merge shows
-
-    merged = export_model(ft, tmp_path / "merged")
-    adapter = export_model(ft, tmp_path / "adapter", merged=False)
     t5 = FineTuner(model_id=tiny_t5, device="cpu", max_length=MAX_NEW)
     t5_base = [t5.generate(p) for p in PROMPTS]
     perturb_adapter(t5, seed=3)
-    t5_expected = [t5.generate(p) for p in PROMPTS]
-    assert t5_expected != t5_base
-    t5_merged = export_model(t5, tmp_path / "t5")
-
-    causal, peft_job, seq2seq = run_plain([
-        {"kind": "causal", "folder": merged["folder"], "prompts": PROMPTS, "max_new": MAX_NEW,
-         "pipeline": True},
-        {"kind": "peft", "base": tiny_llama, "adapter": adapter["folder"], "prompts": PROMPTS,
-         "max_new": MAX_NEW},
-        {"kind": "seq2seq", "folder": t5_merged["folder"], "prompts": PROMPTS, "max_new": MAX_NEW},
+    out = {
+        "llama": {"base": base_texts, "expected": [ft.generate(p) for p in PROMPTS],
+                  "merged": export_model(ft, root / "merged"),
+                  "adapter": export_model(ft, root / "adapter", merged=False)},
+        "t5": {"base": t5_base, "expected": [t5.generate(p) for p in PROMPTS],
+               "merged": export_model(t5, root / "t5")},
+        "small": {"expected": [small_llama.generate(p) for p in PROMPTS],
+                  "f16": export_model(small_llama, root / "f16", gguf="f16"),
+                  "q8_0": export_model(small_llama, root / "q8", gguf="Q8_0")},
+        "root": root,
+    }
+    common = {"prompts": PROMPTS, "max_new": MAX_NEW}
+    results = run_plain([
+        {"kind": "causal", "folder": out["llama"]["merged"]["folder"], "pipeline": True, **common},
+        {"kind": "peft", "base": tiny_llama, "adapter": out["llama"]["adapter"]["folder"], **common},
+        {"kind": "seq2seq", "folder": out["t5"]["merged"]["folder"], **common},
+        *({"kind": "gguf", "file": out["small"][q]["gguf"], "merged": out["small"][q]["folder"],
+           "round": q, **common} for q in ("f16", "q8_0")),
     ])
+    out["llama"]["causal"], out["llama"]["peft"], out["t5"]["plain"] = results[:3]
+    out["small"]["r16"], out["small"]["r8"] = results[3:]
+    return out
+
+
+def test_merged_and_adapter_load_without_the_package_and_match_generate(round_trips, llama_ft,
+                                                                        tiny_llama):
+    ft, _ = llama_ft
+    llama, t5 = round_trips["llama"], round_trips["t5"]
+    expected = llama["expected"]
+    assert expected != llama["base"]  # the adapter changes the answers, so a lost merge shows
+    assert t5["expected"] != t5["base"]
+
+    causal = llama["causal"]
     assert causal["texts"] == expected and causal["pipeline"] == expected[0]
     assert causal["dtype"] == "torch.float32" and causal["padding_side"] == "left"
-    assert peft_job["texts"] == expected
-    assert seq2seq["texts"] == t5_expected
+    assert llama["peft"]["texts"] == expected
+    assert t5["plain"]["texts"] == t5["expected"]  # AutoModelForSeq2SeqLM
 
     # the live FineTuner keeps its adapter (merging happened on a copy)
     assert hasattr(ft.model, "peft_config") and [ft.generate(p) for p in PROMPTS] == expected
+    merged, adapter = llama["merged"], llama["adapter"]
     folder = Path(merged["folder"])
     assert Path(merged["model"]) == folder / "model.safetensors" and Path(merged["model"]).is_file()
     assert not (folder / "adapter_config.json").exists()
@@ -286,7 +307,7 @@ def test_merged_and_adapter_load_without_the_package_and_match_generate(llama_ft
     config = json.loads((Path(adapter["folder"]) / "adapter_config.json").read_text())
     assert Path(config["base_model_name_or_path"]).resolve() == Path(tiny_llama).resolve()
     assert Path(adapter["adapter"]).is_file()
-    assert not list(tmp_path.glob("*.tmp-*"))  # the staging folders are gone
+    assert not list(round_trips["root"].glob("*.tmp-*"))  # the staging folders are gone
 
 
 def test_full_fine_tuning_exports_the_model_and_has_no_adapter(tiny_llama, tmp_path):
@@ -303,58 +324,62 @@ def test_full_fine_tuning_exports_the_model_and_has_no_adapter(tiny_llama, tmp_p
     assert not (tmp_path / "adapter").exists()
 
 
-def test_qlora_merge_reloads_the_base_unquantized(tiny_gpt2, tmp_path):
-    """A 4-bit base is not merged into (that would re-quantize): the base is loaded again in
-    float32 and the adapter merged there. The merged model equals the float32 base with the
-    adapter applied (unmerged), and differs from the 4-bit model by the NF4 rounding."""
+def test_qlora_merge_dequantizes_the_4bit_base(tiny_gpt2, tmp_path):
+    """A 4-bit base is not merged into (that would re-quantize W + BA): its NF4 weights are
+    dequantized into a float32 copy of the base and the adapter merged there. With float32
+    compute the 4-bit model computes exactly that, so the merged model matches it; merging into
+    the original float32 weights instead (quantized_base="original") does not."""
     import bitsandbytes as bnb
     from peft import PeftModel
 
-    ft = FineTuner(model_id=tiny_gpt2, device="cpu", quantize=True, max_length=MAX_NEW)
+    from finetuning_suite.export.merged import merged_model
+
+    ft = FineTuner(model_id=tiny_gpt2, device="cpu", max_length=MAX_NEW, quantize=True,
+                   quantization_config={"load_in_4bit": True, "bnb_4bit_quant_type": "nf4",
+                                        "bnb_4bit_compute_dtype": "float32"})
     assert ft._bits() == 4
     perturb_adapter(ft, std=0.2)
-    before = ft.generate("Once upon a time")
+    prompts = ["Once upon a time", "The capital of France is"]
+    expected = [ft.generate(p) for p in prompts]
     written = export_model(ft, tmp_path / "merged")
     adapter = export_model(ft, tmp_path / "adapter", merged=False)
-    assert ft.generate("Once upon a time") == before  # the live 4-bit model is untouched
+    assert [ft.generate(p) for p in prompts] == expected  # the live 4-bit model is untouched
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in ft.model.modules())
 
-    config = json.loads(Path(written["config"]).read_text())
-    assert "quantization_config" not in config
+    assert "quantization_config" not in json.loads(Path(written["config"]).read_text())
     merged = AutoModelForCausalLM.from_pretrained(written["folder"]).eval()
+    tok = AutoTokenizer.from_pretrained(written["folder"])
     assert all(p.dtype == torch.float32 for p in merged.parameters())
+    texts = []
+    for p in prompts:
+        ids = tok(p, return_tensors="pt").input_ids
+        out = merged.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                              max_new_tokens=MAX_NEW, do_sample=False)
+        texts.append(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip())
+    assert texts == expected
+
+    ids = torch.tensor([[11, 502, 77, 1290, 42, 7, 300]])
+    original = merged_model(ft, quantized_base="original")
     reference = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_gpt2),
                                           adapter["folder"]).eval()
-    ids = torch.tensor([[11, 502, 77, 1290, 42, 7, 300]])
+    ft.model.eval()  # no dropout
     with torch.no_grad():
-        got, want = merged(input_ids=ids).logits, reference(input_ids=ids).logits
-        four_bit = ft.model(input_ids=ids).logits.float()
-        with ft.model.disable_adapter():
-            base_4bit = ft.model(input_ids=ids).logits.float()
-        adapter_effect = (want - AutoModelForCausalLM.from_pretrained(tiny_gpt2)(input_ids=ids).logits)
-    assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
-    assert adapter_effect.abs().max() > 0.5  # the adapter matters
-    # the measured change against the trained 4-bit model: the NF4 rounding of the base
-    gap = (got - four_bit).abs().max().item()
-    assert 0 < gap < float("inf") and base_4bit.isfinite().all()
+        four_bit = ft.model(input_ids=ids).logits
+        got = merged(input_ids=ids).logits
+        from_original = original(input_ids=ids).logits
+        unmerged_original = reference(input_ids=ids).logits
+    assert torch.allclose(got, four_bit, atol=1e-4), (got - four_bit).abs().max()
+    assert torch.allclose(from_original, unmerged_original, atol=1e-4)  # the adapter folder agrees
+    assert (from_original - four_bit).abs().max() > 100 * (got - four_bit).abs().max()
 
 
 # -- GGUF ---------------------------------------------------------------------------------------
-def test_gguf_f16_and_q8_0_round_trip_through_transformers(small_llama, tmp_path):
-    ft = small_llama
-    expected = [ft.generate(p) for p in PROMPTS]
-    f16 = export_model(ft, tmp_path / "f16", gguf="f16")
-    q8 = export_model(ft, tmp_path / "q8", gguf="Q8_0")
+def test_gguf_f16_and_q8_0_round_trip_through_transformers(round_trips, small_llama):
+    ft, small = small_llama, round_trips["small"]
+    f16, q8, r16, r8 = small["f16"], small["q8_0"], small["r16"], small["r8"]
     assert Path(f16["gguf"]).parent == Path(f16["folder"]) / "gguf"
     assert Path(f16["gguf"]).name == "f16-f16.gguf" and Path(q8["gguf"]).name == "q8-q8_0.gguf"
-
-    r16, r8 = run_plain([
-        {"kind": "gguf", "file": f16["gguf"], "merged": f16["folder"], "prompts": PROMPTS,
-         "max_new": MAX_NEW, "round": "f16"},
-        {"kind": "gguf", "file": q8["gguf"], "merged": q8["folder"], "prompts": PROMPTS,
-         "max_new": MAX_NEW, "round": "q8_0"},
-    ])
-    assert r16["merged_texts"] == expected
+    assert r16["merged_texts"] == small["expected"]
     # Each file holds the merged weights rounded as its type says (float16; Q8_0 blocks), and
     # the GGUF model computes exactly what the merged model with those rounded weights computes:
     # the names, the q/k permutation, the tokenizer and the hyperparameters all came through.
@@ -363,7 +388,7 @@ def test_gguf_f16_and_q8_0_round_trip_through_transformers(small_llama, tmp_path
     for r in (r16, r8):
         assert r["max_logit_diff_rounded"] < 1e-4 and r["texts"] == r["rounded_texts"]
         assert r["same_ids"] and r["chat_template_same"] and r["tied"]
-    assert r16["texts"][0] == expected[0]
+    assert r16["texts"][0] == small["expected"][0]
     assert r16["special"] == [ft.tokenizer.bos_token, ft.tokenizer.eos_token, ft.tokenizer.pad_token]
     assert r16["max_logit_diff"] < 0.02 * r16["logit_scale"]
     assert Path(q8["gguf"]).stat().st_size < Path(f16["gguf"]).stat().st_size

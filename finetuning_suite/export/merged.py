@@ -1,15 +1,19 @@
 """The merged model: the trained adapter folded into a copy of the base weights, saved as a plain
 transformers folder (safetensors, config, generation config, tokenizer with its chat template).
 
-The live `FineTuner` is never changed: the base model is loaded again, un-quantized, on the CPU
-in float32 (from `ft.source`, where the live base came from), a fresh PEFT wrapper with the
+The live `FineTuner` is never changed: the base model is loaded again from `ft.source` (where
+the live base came from), un-quantized, on the CPU in float32; a fresh PEFT wrapper with the
 same `LoraConfig` gets the trained adapter weights, and peft's `merge_and_unload` folds them in
-(`W + scale * B @ A`, computed in float32, then cast once to `ft.dtype`). A 4-bit or 8-bit base
-is therefore dequantized in the sense unsloth and axolotl `--dequant` use: the adapter lands on
-the original full-precision weights, never on re-quantized ones (merging into a 4-bit base
-re-quantizes the sum and loses the adapter's small updates, PEFT's known accuracy problem).
-The adapter was trained against the NF4-rounded base, so the merged model differs from the 4-bit
-model by that rounding: measured on the embedded model in `bench/results/export.md`.
+(`W + scale * B @ A`, computed in float32, then cast once to `ft.dtype`).
+
+A 4-bit (or 8-bit) base is dequantized first, as unsloth's merged save and axolotl's `--dequant`
+do: each quantized weight of the live model is dequantized (bitsandbytes, through peft's
+`dequantize_module_weight`) into the float32 copy, and the adapter is merged there. Merging
+into the 4-bit model itself would re-quantize `W + BA` and lose the adapter's small updates
+(PEFT's known accuracy problem); merging into the *original* float32 weights instead keeps the
+adapter but drops the NF4 rounding it was trained against. Measured on the embedded model
+(`bench/results/export.md`): the NF4-rounded base alone already changes most greedy answers of
+the 135M model, so only the dequantized merge reproduces what the trained QLoRA model generates.
 
 method="full" has no adapter: the live model is saved as it is (read, not changed).
 """
@@ -46,6 +50,35 @@ def reload_base(ft):
     return base
 
 
+def dequantize_into(ft, base) -> int:
+    """Copy the dequantized weight of every bitsandbytes-quantized layer of the live model into
+    the matching layer of `base` (a float32 copy of the same architecture); return how many."""
+    from peft.utils.integrations import dequantize_module_weight, get_bnb_param_type
+    from transformers.pytorch_utils import Conv1D
+
+    plain = dict(base.named_modules())
+    count = 0
+    for name, module in ft.model.named_modules():
+        weight = module._parameters.get("weight")  # its own: peft's wrappers only point to it
+        if weight is None or not get_bnb_param_type(weight):
+            continue
+        target_name = name.removeprefix("base_model.model.").removesuffix(".base_layer")
+        target = plain.get(target_name)
+        if target is None or getattr(target, "weight", None) is None:
+            raise ConfigError(f"Cannot dequantize {name!r}: the reloaded base has no layer "
+                              f"{target_name!r}. Export the adapter alone (merged=False).")
+        value = dequantize_module_weight(module).detach().to("cpu", torch.float32)
+        if isinstance(target, Conv1D):  # GPT-2 stores (in, out); bitsandbytes holds (out, in)
+            value = value.t()
+        if value.shape != target.weight.shape:
+            raise ConfigError(f"Cannot dequantize {name!r}: shape {tuple(value.shape)} does not "
+                              f"fit {tuple(target.weight.shape)}. Export the adapter alone (merged=False).")
+        with torch.no_grad():
+            target.weight.copy_(value)
+        count += 1
+    return count
+
+
 def adapter_state(model) -> tuple[dict, object, str]:
     """(the active adapter's weights on the CPU in float32, its PEFT config, its name)."""
     from peft.utils import get_peft_model_state_dict
@@ -79,13 +112,23 @@ def apply_adapter(base, state: dict, peft_config, name: str = "default"):
     return wrapped
 
 
-def merged_model(ft):
+def merged_model(ft, *, quantized_base: str = "dequantize"):
     """A plain transformers model with the adapter merged in, on the CPU in `ft.dtype`
-    (method='full': the live model itself, which the caller only reads)."""
+    (method='full': the live model itself, which the caller only reads).
+
+    quantized_base: for a 4-/8-bit base, "dequantize" (the weights the adapter was trained
+    against) or "original" (the un-quantized weights from `ft.source`; for measurements)."""
     if not has_adapter(ft.model):
         return ft.model
+    if quantized_base not in ("dequantize", "original"):
+        raise ConfigError(f"quantized_base={quantized_base!r} must be 'dequantize' or 'original'.")
     state, peft_config, name = adapter_state(ft.model)
-    wrapped = apply_adapter(reload_base(ft), state, peft_config, name)
+    base = reload_base(ft)
+    if quantized_base == "dequantize":
+        dequantized = dequantize_into(ft, base)
+        if dequantized:
+            logger.info("Merging into the dequantized weights of %d quantized layers.", dequantized)
+    wrapped = apply_adapter(base, state, peft_config, name)
     merged = wrapped.merge_and_unload(safe_merge=True)
     merged.to(ft.dtype)
     merged.eval()
