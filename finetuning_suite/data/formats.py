@@ -52,14 +52,74 @@ def detect_format(columns, requested: str = "auto") -> str:
             return name
     raise DatasetError(
         f"The dataset's columns {columns} fit no known format. Formats and their columns: "
-        f"{_describe_formats()}. Rename columns with DefaultPreprocessor(column_map={{'old': 'new'}}) "
-        "or pass your own Preprocessor."
+        f"{_describe_formats()}. Rename the columns with column_map, e.g. "
+        f"FineTuner(..., column_map={_example_column_map(columns)}) (or "
+        "DefaultPreprocessor(column_map=...)), or pass your own Preprocessor."
     )
 
 
-def _text(row: dict, column: str, index: int) -> str:
+def _example_column_map(columns: list) -> dict:
+    """A column_map the user can start from: the first two columns as prompt and completion
+    (one column: as text)."""
+    if len(columns) >= 2:
+        return {columns[0]: "prompt", columns[1]: "completion"}
+    return {columns[0]: "text"} if columns else {"old": "new"}
+
+
+def row_format(row: dict) -> str | None:
+    """The format one row fits by its own keys, or None. A format whose columns are all null in
+    the row does not count (tables written from mixed rows pad the other format's columns with
+    nulls)."""
+    for name, needed in FORMATS.items():
+        if all(c in row for c in needed) and any(row[c] is not None for c in needed):
+            return name
+    return None
+
+
+def check_rows(rows, source: str | None = None) -> None:
+    """Refuse rows that the dataset cannot hold faithfully: rows of different formats (a table
+    keeps the first row's columns, so the others would become empty examples) and null values in
+    a format's columns (they would silently become empty text).
+
+    rows: (where, row) pairs in order, `where` naming the row for the user ("line 3"); `source`
+    (a file path) is put before it in messages. Rows whose columns fit no format are left to
+    `detect_format` (and `column_map`)."""
+    rows = list(rows)
+    at = f"{source}, " if source else ""
+    first = next(((where, row_format(row)) for where, row in rows if row_format(row)), None)
+    if first is None:
+        return
+    first_where, fmt = first
+    needed = FORMATS[fmt]
+    for where, row in rows:
+        other = row_format(row)
+        if other is not None and other != fmt:
+            raise DatasetError(
+                f"{at}{where}: mixed data formats: {first_where} is {fmt} ({' + '.join(needed)}) but "
+                f"{where} is {other} ({' + '.join(FORMATS[other])}). Every row must use one "
+                "format: convert the rows to one format, or put each format in its own file."
+            )
+        missing = [c for c in needed if c not in row]
+        if missing:
+            raise DatasetError(
+                f"{at}{where}: has columns {list(row)} and lacks {missing}, but {first_where} is {fmt} "
+                f"({' + '.join(needed)}). Every row must use one format: add {missing} to this "
+                "row, or remove it."
+            )
+        nulls = [c for c in needed if row[c] is None]
+        if nulls:
+            raise DatasetError(
+                f"{at}{where}: {' and '.join(repr(c) for c in nulls)} is null. Give it text (\"\" if it is "
+                "meant to be empty), or remove the row."
+            )
+
+
+def _text(row: dict, column: str, index: int, required: bool = True) -> str:
     value = row.get(column)
     if value is None:
+        if required:  # null must not silently become "" (an empty prompt or answer)
+            raise DatasetError(f"Row {index}: column {column!r} is null. Give it text (\"\" if it "
+                               "is meant to be empty), or remove the row.")
         return ""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
@@ -99,7 +159,7 @@ def canonical(row: dict, fmt: str, index: int, chat_model: bool) -> dict:
     if fmt == "text":
         return {"text": _text(row, "text", index)}
     if fmt == "alpaca":
-        instruction, extra = _text(row, "instruction", index), _text(row, "input", index)
+        instruction, extra = _text(row, "instruction", index), _text(row, "input", index, required=False)
         if chat_model:
             prompt = f"{instruction}\n\n{extra}" if extra else instruction
         else:

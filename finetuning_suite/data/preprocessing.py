@@ -60,7 +60,7 @@ class DefaultPreprocessor:
             missing = [c for c in self.column_map if c not in dataset.column_names]
             if missing:
                 raise DatasetError(f"column_map renames {missing}, which the dataset lacks; it has "
-                                   f"{dataset.column_names}.")
+                                   f"{dataset.column_names}. Use those names as column_map keys.")
             dataset = dataset.rename_columns(self.column_map)
         if len(dataset) == 0:
             raise DatasetError("The dataset is empty; add examples.")
@@ -77,12 +77,26 @@ class DefaultPreprocessor:
         def tokenize(row, index):
             example = canonical(row, fmt, index, chat)
             if enc_dec:
-                return self._encode_seq2seq(example, tokenizer, max_len)
-            return self._encode_causal(example, tokenizer, max_len, chat)
+                encoded = self._encode_seq2seq(example, tokenizer, max_len)
+            else:
+                encoded = self._encode_causal(example, tokenizer, max_len, chat)
+            return {**encoded, "empty_answer": _empty_answer(example)}
 
         tokenized = dataset.map(tokenize, with_indices=True, remove_columns=dataset.column_names,
                                 desc="Tokenizing", load_from_cache_file=False)
         total = len(tokenized)
+        empty = sum(tokenized["empty_answer"])
+        if empty == total and not enc_dec and not self.train_on_inputs:
+            # each would train only the closing EOS: the model would learn to say nothing
+            raise DatasetError(
+                f"All {total} examples have an empty answer (completion, output or assistant "
+                "turn), so training would teach the model to answer with nothing. Fill in the "
+                "answers, check column_map / format (is the answer in the column you think?), or "
+                "pass train_on_inputs=True to train on the prompts as text."
+            )
+        if empty:
+            logger.warning("%d of %d examples have an empty answer; they teach the model to stop "
+                           "at once.", empty, total)
         truncated = sum(tokenized["truncated"])
         kept = tokenized.filter(lambda n: n > 0, input_columns="n_trained", load_from_cache_file=False)
         dropped = total - len(kept)
@@ -102,7 +116,7 @@ class DefaultPreprocessor:
                 f"within max_seq_length={max_len}). Raise max_seq_length, check that rows have "
                 "answers, or pass train_on_inputs=True."
             )
-        return kept.remove_columns(["truncated", "n_trained"])
+        return kept.remove_columns(["truncated", "n_trained", "empty_answer"])
 
     # -- helpers --------------------------------------------------------------------------
     def resolve_max_seq_length(self, model_config) -> int:
@@ -209,3 +223,11 @@ class DefaultPreprocessor:
         ids, labels = ids[:max_len], labels[:max_len]
         return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels,
                 "truncated": truncated, "n_trained": len(labels)}
+
+
+def _empty_answer(example: dict) -> bool:
+    """Whether a canonical example has nothing to learn to say (blank completion or text, or no
+    non-blank assistant turn)."""
+    if "messages" in example:
+        return not any(m["role"] == "assistant" and m["content"].strip() for m in example["messages"])
+    return not (example.get("completion", example.get("text")) or "").strip()

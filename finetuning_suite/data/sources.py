@@ -4,14 +4,38 @@ Accepted: a built-in name (`"dialogue"`, `"iso_dates"`), a local file (.json, .j
 .parquet, .txt) or folder (a `save_to_disk` folder, or a folder of such files), a
 `datasets.Dataset` / `DatasetDict`, a list of dicts, or a hub dataset name (read from the local
 cache; nothing is downloaded when offline).
+
+How a name is read, in this order (the first rule that applies decides):
+
+1. a built-in name: the built-in dataset;
+2. an existing local file or folder: that file or folder;
+3. a name that can only be a path (it starts with `.`, `/` or `~`, ends in a data-file suffix
+   such as `.jsonl`, or its first folder exists here, like `data/train` when `data/` does):
+   "no such file or folder", with a did-you-mean among the files beside it;
+4. a name close to a built-in one (`"dialog"`, `"ISO_dates"`): "did you mean 'dialogue'?";
+5. a hub dataset id, `owner/name` (`"tatsu-lab/alpaca"`): the only names sent to the Hugging
+   Face hub (from the local cache when `HF_HUB_OFFLINE=1`);
+6. anything else (`"my_data"`): an error listing the built-in names and the forms above.
+
+So the hub is reached only when the user names a hub dataset as `owner/name` and nothing local
+or built-in matches: a typo of a built-in name or of a local path never goes to the network.
+
+JSON, JSON Lines and CSV files are read with Python's own `json` and `csv` modules (strict
+quoting), not pyarrow/pandas, so that text stays exactly the text in the file ("2021-03-05",
+"01", "NA" and "None" stay strings) and a bad line is reported by its number. Their rows are
+checked by `formats.check_rows`: one format for every row, no null values.
 """
 from __future__ import annotations
 
+import csv
+import difflib
 import json
 import os
+import re
 from pathlib import Path
 
 from ..errors import DatasetError
+from .formats import check_rows
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
 BUILTIN_DATASETS = {
@@ -25,9 +49,50 @@ _BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parq
 _EVAL_SPLITS = ("validation", "valid", "val", "dev", "eval")
 
 
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
 def _looks_like_path(text: str) -> bool:
-    """A name that can only mean a local path (so it is not tried as a hub dataset)."""
-    return text.startswith((".", "/", "~")) or Path(text).suffix.lower() in _BUILDERS
+    """A name that can only mean a local path (so it is not tried as a hub dataset): rule 3 of
+    the module docstring."""
+    first = Path(text).parts[0] if Path(text).parts else ""
+    return (text.startswith((".", "/", "~")) or Path(text).suffix.lower() in _BUILDERS
+            or (len(Path(text).parts) > 1 and Path(first).is_dir()))
+
+
+def _missing_path(text: str) -> str:
+    """The problem with a path that does not exist, with a did-you-mean among its siblings."""
+    path = Path(text).expanduser()
+    parent = path.parent
+    if not parent.is_dir():
+        return f"no such file or folder: {str(parent)!r} does not exist either. Check the path."
+    close = difflib.get_close_matches(path.name, [p.name for p in parent.iterdir()], n=1)
+    hint = f" Did you mean {str(parent / close[0])!r}?" if close else " Check the path."
+    return f"no such file or folder.{hint} Built-in datasets: {sorted(BUILTIN_DATASETS)}."
+
+
+def _near_builtin(text: str) -> str | None:
+    """The built-in name `text` is probably a typo of (rule 4 of the module docstring)."""
+    lowered = {name.lower(): name for name in BUILTIN_DATASETS}
+    key = text.strip().lower().replace("-", "_").replace(" ", "_")
+    close = difflib.get_close_matches(key, list(lowered), n=1, cutoff=0.75)
+    return lowered[close[0]] if close else None
+
+
+def _name_problem(text: str) -> str | None:
+    """Why `text` (not a built-in name, not an existing path) cannot be loaded, or None when it
+    is a hub dataset id (rules 3-6 of the module docstring)."""
+    if _looks_like_path(text):
+        return _missing_path(text)
+    near = _near_builtin(text)
+    if near is not None:
+        return (f"is not a built-in dataset; did you mean {near!r}? Built-in datasets: "
+                f"{sorted(BUILTIN_DATASETS)}.")
+    if not _HUB_ID.fullmatch(text):
+        return (f"is not a built-in dataset {sorted(BUILTIN_DATASETS)} nor an existing file or "
+                "folder. Pass one of those, a path to a .jsonl/.json/.csv/.parquet/.txt file, or "
+                "a hub dataset id as owner/name (e.g. 'tatsu-lab/alpaca').")
+    return None
 
 
 def builtin_files(name: str) -> dict[str, str]:
@@ -44,10 +109,7 @@ def load_source(source):
     if isinstance(source, list):
         if not source or not all(isinstance(row, dict) for row in source):
             raise DatasetError("A list dataset must be a non-empty list of dicts, e.g. [{'text': '...'}].")
-        try:
-            return datasets.Dataset.from_list(source)
-        except Exception as exc:  # pyarrow type clashes between rows
-            raise DatasetError(f"Could not build a dataset from the list of dicts: {exc}") from exc
+        return _from_rows([(f"dataset_name[{i}]", row) for i, row in enumerate(source)])
     if not isinstance(source, (str, os.PathLike)):
         raise DatasetError(
             f"dataset_name={source!r} (a {type(source).__name__}) is not a dataset; pass a built-in "
@@ -67,6 +129,8 @@ def load_source(source):
             )
         if builder == "json":
             return _load_json(path)
+        if builder == "csv":
+            return _load_csv(path)
         return _load_files(builder, {"train": str(path)}, text)
     if path.is_dir():
         if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
@@ -75,56 +139,118 @@ def load_source(source):
             except Exception as exc:
                 raise DatasetError(f"Could not read the saved dataset folder {text!r}: {exc}") from exc
         return _load_hub_or_folder(text, folder=True)
-    if _looks_like_path(text):
-        raise DatasetError(
-            f"dataset_name={text!r}: no such file or folder. Built-in datasets: {sorted(BUILTIN_DATASETS)}."
-        )
+    problem = _name_problem(text)
+    if problem is not None:
+        raise DatasetError(f"dataset_name={text!r}: {problem}")
     return _load_hub_or_folder(text, folder=False)
 
 
+_JSON_HELP = ("A .json file holds one JSON array of objects ([{...}, {...}]); a .jsonl file one "
+              "JSON object per line.")
+
+
 def _json_rows(path: str):
-    """Rows of a JSON Lines file or a JSON array of objects.
+    """(where, row) for each row of a JSON Lines file or a JSON array of objects; `where` names
+    the line (JSON Lines) or the item (array) for error messages.
 
     Read with the json module rather than datasets' pyarrow JSON reader, which turns strings such
     as "2021-03-05" into timestamps: a completion must stay exactly the text in the file.
     """
-    with open(path, encoding="utf-8") as fh:
+    with open(path, encoding="utf-8-sig") as fh:
         head = fh.read(1)
         while head and head.isspace():
             head = fh.read(1)
         fh.seek(0)
         if head == "[":
-            rows = json.load(fh)
-            yield from rows
+            try:
+                rows = json.load(fh)
+            except json.JSONDecodeError as exc:
+                raise DatasetError(f"{path}, line {exc.lineno}: not valid JSON ({exc.msg}, column "
+                                   f"{exc.colno}). Fix that line. {_JSON_HELP}") from exc
+            for i, row in enumerate(rows, 1):
+                yield f"item {i}", row
             return
         for n, line in enumerate(fh, 1):
             if line.strip():
                 try:
-                    yield json.loads(line)
+                    yield f"line {n}", json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise DatasetError(f"{path}, line {n}: not valid JSON ({exc}). Each line of a "
-                                       ".jsonl file must be one JSON object.") from exc
+                    raise DatasetError(f"{path}, line {n}: not valid JSON ({exc.msg}, column "
+                                       f"{exc.colno}). Fix that line. {_JSON_HELP}") from exc
 
 
 def _load_json(path) -> "datasets.Dataset":
-    import datasets
-
     path = Path(path)
     try:
         rows = list(_json_rows(str(path)))
-    except json.JSONDecodeError as exc:
-        raise DatasetError(f"Could not read {str(path)!r} as JSON: {exc}") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise DatasetError(f"Could not read {str(path)!r}: {exc}") from exc
     if not rows:
         raise DatasetError(f"{str(path)!r} holds no rows; add examples.")
-    if not all(isinstance(row, dict) for row in rows):
-        raise DatasetError(f"{str(path)!r}: every row must be a JSON object such as "
-                           '{"prompt": "...", "completion": "..."}.')
+    for where, row in rows:
+        if not isinstance(row, dict):
+            raise DatasetError(f"{path}, {where}: {row!r} is not a JSON object; every row must be "
+                               'one, such as {"prompt": "...", "completion": "..."}.')
+    return _from_rows(rows, str(path))
+
+
+def _load_csv(path: Path) -> "datasets.Dataset":
+    """Rows of a CSV file with a header line, every value kept as the text in the file.
+
+    Python's csv module in strict mode, not pandas: pandas reads an unclosed quote as one long
+    value that swallows the following lines (several rows become one) and turns "NA", "None" or
+    "01" into nulls and numbers. A quoting error or a line with the wrong number of values is
+    refused with its line number."""
+    fix = ('Quote values that contain commas or line breaks ("a, b"), double a quote inside a '
+           'quoted value (""), and close every quote.')
     try:
-        return datasets.Dataset.from_list(rows)
+        with open(path, encoding="utf-8-sig", newline="") as fh:
+            reader = csv.reader(fh, strict=True)
+            records, header = [], None
+            while True:
+                start = reader.line_num + 1  # a quoted value may run over several lines
+                try:
+                    fields = next(reader)
+                except StopIteration:
+                    break
+                except csv.Error as exc:
+                    end = f" (the value opened there runs to line {reader.line_num})" \
+                        if reader.line_num > start else ""
+                    raise DatasetError(f"{path}, line {start}: not valid CSV: {exc}{end}. {fix}") from exc
+                if not fields:
+                    continue  # blank line
+                if header is None:
+                    header = fields
+                elif len(fields) != len(header):
+                    raise DatasetError(f"{path}, line {start}: {len(fields)} values, but the header "
+                                       f"has {len(header)} ({header}). {fix}")
+                else:
+                    records.append((f"line {start}", dict(zip(header, fields))))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"Could not read {str(path)!r}: {exc}") from exc
+    if header is None or not records:
+        what = "is empty" if header is None else f"has a header {header} but no rows"
+        raise DatasetError(f"{str(path)!r} {what}; add examples, one per line under a header such "
+                           "as prompt,completion.")
+    if len(set(header)) != len(header) or not all(h.strip() for h in header):
+        raise DatasetError(f"{path}, line 1: the header {header} has an empty or repeated column "
+                           "name; give every column its own name.")
+    return _from_rows(records, str(path))
+
+
+def _from_rows(rows: list, path: str | None = None) -> "datasets.Dataset":
+    """A Dataset from (where, row) pairs of the file `path` (None: a list of dicts), after
+    `formats.check_rows` (one format, no nulls). `Dataset.from_list` keeps only the first row's
+    columns, which is why the check matters."""
+    import datasets
+
+    check_rows(rows, path)
+    try:
+        return datasets.Dataset.from_list([row for _, row in rows])
     except Exception as exc:  # pyarrow type clashes between rows
-        raise DatasetError(f"Could not build a dataset from {str(path)!r}: {exc}") from exc
+        label = repr(path) if path else "the list of dicts"
+        raise DatasetError(f"Could not build a dataset from {label}: {exc}. Give each column "
+                           "values of one type (text, or lists of turns) in every row.") from exc
 
 
 def _load_files(builder: str, files: dict[str, str], label: str):
@@ -211,6 +337,4 @@ def check_source(source) -> str | None:
     text = os.fspath(source)
     if text in BUILTIN_DATASETS or Path(text).expanduser().exists():
         return None
-    if _looks_like_path(text):
-        return f"no such file or folder. Built-in datasets: {sorted(BUILTIN_DATASETS)}."
-    return None  # maybe a hub dataset: checked when loaded
+    return _name_problem(text)  # None: a hub dataset id, checked when loaded
