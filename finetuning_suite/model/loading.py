@@ -8,9 +8,16 @@
   its base model is loaded and the adapter put on top;
 - a Hugging Face hub id, read from the local HF cache (nothing is downloaded when
   `HF_HUB_OFFLINE=1`).
+
+A name that can only be a local path is never looked up on the hub: one that starts with `.`,
+`/` or `~`, ends in `.gguf`, has more than one `/`, or whose first folder exists here (`models/x`
+when `models/` does). When it does not exist the error says so, with a did-you-mean among the
+files beside it. Only a name of the form `owner/name` (or `name`) that is none of these goes
+to the hub.
 """
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import os
@@ -68,12 +75,45 @@ def resolve_model_source(model_id: str | os.PathLike | None, adapter_path=None) 
             "neither a model nor an adapter. Point at a model folder, a .gguf file, a folder "
             "written by FineTuner.train, or a hub id."
         )
-    if text.startswith((".", "/", "~")) or text.count("/") > 1 or text.endswith(".gguf"):
+    if _is_local_path(text):
         raise ModelLoadError(
-            f"model_id={text!r}: no such file or folder. Check the path, or pass model_id=None "
-            f"for the embedded {EMBEDDED_MODEL_NAME}."
+            f"model_id={text!r}: no such file or folder.{_did_you_mean(path)} Check the path, or "
+            f"pass model_id=None for the embedded {EMBEDDED_MODEL_NAME}."
         )
     return ModelSource(text, text, _adapter(adapter_path))
+
+
+def _is_local_path(text: str) -> bool:
+    """A model_id that can only mean a local path, so it is never sent to the hub (see the
+    module docstring)."""
+    parts = Path(text).parts
+    return (text.startswith((".", "/", "~")) or text.count("/") > 1 or text.endswith(".gguf")
+            or (len(parts) > 1 and Path(parts[0]).expanduser().is_dir()))
+
+
+def _did_you_mean(path: Path) -> str:
+    """" Did you mean '<sibling>'?" for a path that does not exist, or a note on its parent."""
+    parent = path.expanduser().parent
+    if not parent.is_dir():
+        return f" Its folder {str(parent)!r} does not exist either."
+    close = difflib.get_close_matches(path.name, [p.name for p in parent.iterdir()], n=1)
+    return f" Did you mean {str(parent / close[0])!r}?" if close else ""
+
+
+def read_json_file(path: Path, what: str) -> dict:
+    """A JSON object from `path`, or a ModelLoadError naming the file, its folder and the fix."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        problem = "could not be read" if isinstance(exc, OSError) else "is not valid JSON"
+        raise ModelLoadError(
+            f"{path.name} in {str(path.parent)!r} {problem}: {exc}. The {what} folder is "
+            "damaged or was only partly copied: copy it again (or retrain), or fix the file."
+        ) from exc
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{path.name} in {str(path.parent)!r} holds {type(data).__name__}, not "
+                             f"a JSON object. The {what} folder is damaged: copy it again (or retrain).")
+    return data
 
 
 def _adapter(adapter_path) -> str | None:
@@ -81,10 +121,13 @@ def _adapter(adapter_path) -> str | None:
         return None
     path = Path(adapter_path).expanduser()
     if not (path / "adapter_config.json").is_file():
+        problem = "holds no adapter_config.json." if path.exists() else \
+            f"no such folder.{_did_you_mean(path)}"
         raise ModelLoadError(
-            f"adapter_path={str(adapter_path)!r} holds no adapter_config.json; pass a folder "
-            "written by FineTuner.train or PeftModel.save_pretrained."
+            f"adapter_path={str(adapter_path)!r}: {problem} Pass a folder written by "
+            "FineTuner.train or PeftModel.save_pretrained."
         )
+    read_json_file(path / "adapter_config.json", "adapter")
     return str(path.resolve())
 
 
@@ -93,10 +136,10 @@ def _adapter_base(adapter_dir: Path) -> str | None:
     model by name, not by a cache path of another machine), else PEFT's own record."""
     run_config = adapter_dir / RUN_CONFIG_FILE
     if run_config.is_file():
-        source = json.loads(run_config.read_text()).get("model", {}).get("source")
+        source = (read_json_file(run_config, "run").get("model") or {}).get("source")
         if source:
             return source
-    base = json.loads((adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    base = read_json_file(adapter_dir / "adapter_config.json", "adapter").get("base_model_name_or_path")
     if not base:
         raise ModelLoadError(
             f"The adapter in {str(adapter_dir)!r} does not name its base model; pass the base as "
@@ -116,6 +159,9 @@ def _offline_hint(source: str) -> str:
 def load_config(src: ModelSource, trust_remote_code: bool = False):
     from transformers import AutoConfig
 
+    folder = Path(src.path)
+    if (folder / "config.json").is_file():  # a local folder: say what is wrong with it
+        read_json_file(folder / "config.json", "model")
     try:
         return AutoConfig.from_pretrained(src.path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
@@ -124,6 +170,9 @@ def load_config(src: ModelSource, trust_remote_code: bool = False):
                 f"model_id={src.source!r} needs custom code from its repository; pass "
                 "trust_remote_code=True if you trust it."
             ) from exc
+        if folder.is_dir():
+            raise ModelLoadError(f"Could not read the model config in {src.path!r}: {exc}. Fix or "
+                                 "replace its config.json (copy the model folder again).") from exc
         raise ModelLoadError(f"{_offline_hint(src.source)}\n(transformers said: {exc})") from exc
 
 
@@ -178,8 +227,15 @@ def load_model(src: ModelSource, config, device: str, dtype: torch.dtype, quant_
     kwargs = dict(dtype=dtype, trust_remote_code=trust_remote_code)
     if quant_config is not None:
         kwargs.update(quantization_config=quant_config, device_map={"": device})
+    from safetensors import SafetensorError
+
     try:
         model = cls.from_pretrained(src.path, config=config, **kwargs)
+    except SafetensorError as exc:
+        raise ModelLoadError(
+            f"Could not load model {src.source!r}: {damaged_weights(src.path) or 'a weights file'} "
+            f"is damaged or incomplete ({exc}). Copy or download the model again."
+        ) from exc
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"Could not load model {src.source!r}: {exc}") from exc
     if quant_config is None:
@@ -187,6 +243,21 @@ def load_model(src: ModelSource, config, device: str, dtype: torch.dtype, quant_
     elif device == "cpu":
         keep_cpu_4bit_weights_trainable(model)
     return model
+
+
+def damaged_weights(folder) -> str | None:
+    """The .safetensors files in `folder` whose header cannot be read, as 'x in <folder>'."""
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    bad = []
+    for file in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except Exception:  # noqa: BLE001 - any failure to open means damaged
+            bad.append(file.name)
+    return f"{', '.join(bad)} in {str(folder)!r}" if bad else None
 
 
 def load_pretrained(src: ModelSource, device: str, dtype: torch.dtype, quant_config=None,

@@ -8,6 +8,7 @@ and they do not fit, that is an error listing what the model has.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from peft import LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_training
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
@@ -151,7 +152,35 @@ def apply_lora(model, lora_config: LoraConfig, quantized: bool):
 
 def load_lora(model, adapter_path: str, quantized: bool):
     """Put a saved adapter on `model`, trainable (its LoRA settings replace the lora_* arguments)."""
+    import torch
     from peft import PeftModel
+    from safetensors import SafetensorError
+
+    from ..errors import ModelLoadError
+    from .loading import damaged_weights, read_json_file
 
     logger.info("Loading adapter %s (its LoRA settings replace the lora_* arguments).", adapter_path)
-    return PeftModel.from_pretrained(_prepare(model, quantized), adapter_path, is_trainable=True)
+    try:
+        return PeftModel.from_pretrained(_prepare(model, quantized), adapter_path, is_trainable=True)
+    except SafetensorError as exc:
+        raise ModelLoadError(
+            f"{damaged_weights(adapter_path) or 'The adapter weights in ' + repr(adapter_path)} is "
+            f"damaged or incomplete ({exc}). Copy the adapter folder again, or retrain it."
+        ) from exc
+    except (ValueError, RuntimeError, KeyError) as exc:  # layer names or shapes that do not fit
+        if isinstance(exc, torch.OutOfMemoryError):
+            raise
+        trained_on = read_json_file(Path(adapter_path) / "adapter_config.json", "adapter").get(
+            "base_model_name_or_path")
+        base = getattr(model.config, "_name_or_path", None) or type(model).__name__
+        raise ModelLoadError(
+            f"The adapter in {adapter_path!r} does not fit the model it was put on: it was trained "
+            f"on {trained_on!r}, and the model loaded is {base!r} ({type(exc).__name__}: "
+            f"{_first_sentence(exc)}). Pass the adapter's own base as model_id (or load the adapter "
+            "folder alone as model_id), or use an adapter trained on this model."
+        ) from exc
+
+
+def _first_sentence(exc: BaseException, limit: int = 240) -> str:
+    text = str(exc).split(". ")[0]
+    return text if len(text) <= limit else text[:limit] + "..."
