@@ -87,6 +87,11 @@ def render_prompt(prompt: Prompt, tokenizer, model_config, use_chat_template: bo
 _EXAMPLE = "e.g. 'What is the capital of France?' or [{'role': 'user', 'content': 'Hi'}]"
 
 
+# The most new tokens for a model whose config gives no window to cap them at (T5's relative
+# positions have no limit, so a huge max_length would run on for hours).
+UNBOUNDED_MAX_NEW_TOKENS = 2048
+
+
 def check_prompt(prompt, name: str = "prompt_text") -> None:
     """Raise ConfigError unless `prompt` is non-blank text or a non-empty list of messages."""
     if isinstance(prompt, str):
@@ -94,6 +99,8 @@ def check_prompt(prompt, name: str = "prompt_text") -> None:
             raise ConfigError(f"{name}={prompt!r} is empty: pass the text to answer, {_EXAMPLE}.")
         return
     if isinstance(prompt, list):
+        from ..data.formats import ROLES  # the roles training accepts too
+
         if not prompt:
             raise ConfigError(f"{name}=[] has no messages: pass at least one, {_EXAMPLE}.")
         for i, m in enumerate(prompt):
@@ -101,6 +108,9 @@ def check_prompt(prompt, name: str = "prompt_text") -> None:
                     and isinstance(m.get("content"), str)):
                 raise ConfigError(f"{name}[{i}]={m!r}: each message must be a dict with 'role' and "
                                   f"'content' strings, {_EXAMPLE}.")
+            if m["role"] not in ROLES:
+                raise ConfigError(f"{name}[{i}] has role {m['role']!r}, which is not a chat role; "
+                                  f"use one of {list(ROLES)}.")
         return
     raise ConfigError(f"{name}={prompt!r} ({type(prompt).__name__}) must be a string or a list of "
                       f"messages, {_EXAMPLE}.")
@@ -395,6 +405,15 @@ class DefaultInferenceHandler:
                     f"model's context window is {window}; shorten the prompt."
                 )
             max_new = min(max_new, window - longest)
+        elif enc_dec and (getattr(config, "max_target_positions", None) or window):
+            # the decoder holds its start token and the answer
+            max_new = min(max_new, (getattr(config, "max_target_positions", None) or window) - 1)
+        elif max_new > UNBOUNDED_MAX_NEW_TOKENS:
+            raise ConfigError(
+                f"max_length={max_length} new tokens: this model's config states no length limit "
+                f"to cap it at, so at most {UNBOUNDED_MAX_NEW_TOKENS} are allowed; pass "
+                f"max_length={UNBOUNDED_MAX_NEW_TOKENS} or less."
+            )
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if pad is None:
             raise ConfigError("The tokenizer has neither a pad nor an EOS token; set tokenizer.pad_token.")
