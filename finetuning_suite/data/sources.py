@@ -100,19 +100,24 @@ def builtin_files(name: str) -> dict[str, str]:
     return {split: f for split, f in files.items() if Path(f).is_file()}
 
 
-def load_source(source):
-    """Load `source` into a `Dataset` or `DatasetDict` (no splitting yet)."""
+def load_source(source, name: str = "dataset_name"):
+    """Load `source` into a `Dataset` or `DatasetDict` (no splitting yet). `name` is the
+    argument it came from, as error messages call it (`evaluate(dataset=...)`: "dataset")."""
     import datasets
 
     if isinstance(source, (datasets.Dataset, datasets.DatasetDict)):
         return source
     if isinstance(source, list):
-        if not source or not all(isinstance(row, dict) for row in source):
-            raise DatasetError("A list dataset must be a non-empty list of dicts, e.g. [{'text': '...'}].")
-        return _from_rows([(f"dataset_name[{i}]", row) for i, row in enumerate(source)])
+        bad = next((i for i, row in enumerate(source) if not isinstance(row, dict)), None)
+        if not source or bad is not None:
+            what = f"{name}=[] is empty" if not source else \
+                f"{name}[{bad}]={source[bad]!r} is not a dict"
+            raise DatasetError(f"{what}: a list dataset must be a non-empty list of dicts, e.g. "
+                               "[{'prompt': '...', 'completion': '...'}].")
+        return _from_rows([(f"{name}[{i}]", row) for i, row in enumerate(source)])
     if not isinstance(source, (str, os.PathLike)):
         raise DatasetError(
-            f"dataset_name={source!r} (a {type(source).__name__}) is not a dataset; pass a built-in "
+            f"{name}={source!r} (a {type(source).__name__}) is not a dataset; pass a built-in "
             f"name {sorted(BUILTIN_DATASETS)}, a file or folder path, a hub dataset name, a "
             "datasets.Dataset or a list of dicts."
         )
@@ -124,7 +129,7 @@ def load_source(source):
         builder = _BUILDERS.get(path.suffix.lower())
         if builder is None:
             raise DatasetError(
-                f"dataset_name={text!r}: unsupported file type {path.suffix!r}; use one of "
+                f"{name}={text!r}: unsupported file type {path.suffix!r}; use one of "
                 f"{sorted(_BUILDERS)} or a save_to_disk folder."
             )
         if builder == "json":
@@ -138,11 +143,11 @@ def load_source(source):
                 return datasets.load_from_disk(str(path))
             except Exception as exc:
                 raise DatasetError(f"Could not read the saved dataset folder {text!r}: {exc}") from exc
-        return _load_hub_or_folder(text, folder=True)
+        return _load_hub_or_folder(text, folder=True, name=name)
     problem = _name_problem(text)
     if problem is not None:
-        raise DatasetError(f"dataset_name={text!r}: {problem}")
-    return _load_hub_or_folder(text, folder=False)
+        raise DatasetError(f"{name}={text!r}: {problem}")
+    return _load_hub_or_folder(text, folder=False, name=name)
 
 
 _JSON_HELP = ("A .json file holds one JSON array of objects ([{...}, {...}]); a .jsonl file one "
@@ -273,7 +278,7 @@ def _cached_hub_snapshot(repo_id: str) -> str | None:
         return None
 
 
-def _load_hub_or_folder(text: str, folder: bool):
+def _load_hub_or_folder(text: str, folder: bool, name: str = "dataset_name"):
     import datasets
 
     try:
@@ -281,14 +286,14 @@ def _load_hub_or_folder(text: str, folder: bool):
     except Exception as exc:
         snapshot = None if folder else _cached_hub_snapshot(text)
         if snapshot is not None:  # datasets' offline mode only knows its own cache
-            return _load_hub_or_folder(snapshot, folder=True)
+            return _load_hub_or_folder(snapshot, folder=True, name=name)
         if folder:
             raise DatasetError(
-                f"dataset_name={text!r}: could not read this folder as a dataset ({exc}). It should "
+                f"{name}={text!r}: could not read this folder as a dataset ({exc}). It should "
                 f"hold {sorted(_BUILDERS)} files or be written by Dataset.save_to_disk."
             ) from exc
         raise DatasetError(
-            f"dataset_name={text!r} is not a built-in dataset {sorted(BUILTIN_DATASETS)}, a local "
+            f"{name}={text!r} is not a built-in dataset {sorted(BUILTIN_DATASETS)}, a local "
             "file or folder, nor a hub dataset in the local Hugging Face cache (nothing is "
             f"downloaded offline). Fix the name, or pass a local file. (datasets said: {exc})"
         ) from exc
