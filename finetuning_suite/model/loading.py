@@ -185,8 +185,16 @@ def load_tokenizer(src: ModelSource, trust_remote_code: bool = False):
         where = src.adapter_path
     try:
         return AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"Could not load a tokenizer for {src.source!r}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - damaged files surface as KeyError, JSON and Rust errors
+        if not Path(where).is_dir():
+            raise ModelLoadError(f"Could not load a tokenizer for {src.source!r}: {exc}") from exc
+        files = sorted(p.name for p in Path(where).glob("tokenizer*"))
+        problem = f"its files {files} are damaged or incomplete" if files else \
+            "it holds no tokenizer files"
+        raise ModelLoadError(
+            f"Could not load the tokenizer in {where!r} ({type(exc).__name__}: {exc}); {problem}. "
+            "Copy the folder again, or save the tokenizer into it with tokenizer.save_pretrained."
+        ) from exc
 
 
 def ensure_pad_token(tokenizer) -> None:
