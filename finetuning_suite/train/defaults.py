@@ -113,9 +113,12 @@ def choose_defaults(method: str, n_examples: int | None, num_train_epochs: float
         "weight_decay": 0.0,
         "num_train_epochs": epochs,
     }
+    if method == "qlora":  # chosen to save memory: keep activations small too
+        training.update(gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False})
     summary = (f"defaults for {method} on {n_examples} examples: lr {lr:g}, batch {batch}, "
                f"{epochs:g} epochs, cosine, 5% warmup"
                + (", LoRA all-linear r=16 alpha=32" if lora else ", all weights")
-               + (f", +{n_replay} self-replay rows" if n_replay else ", no replay"))
+               + (f", +{n_replay} self-replay rows" if n_replay else ", no replay")
+               + (", gradient checkpointing" if method == "qlora" else ""))
     return {"method": method, "n_examples": n_examples, "training": training, "lora": lora,
             "replay_rows": n_replay, "rule": summary, "summary": summary}
