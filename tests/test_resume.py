@@ -162,3 +162,34 @@ def test_nan_during_training_stops_and_keeps_last_good_checkpoint(tiny_llama, tm
     for ckpt in out.glob("checkpoint-*"):
         weights = load_file(str(ckpt / "adapter_model.safetensors"))
         assert all(torch.isfinite(w).all() for w in weights.values()), ckpt
+
+
+def test_out_of_memory_names_the_options(tiny_llama, tmp_path):
+    """A CUDA OOM cannot be provoked on this CPU; a callback raises the exception torch raises
+    (torch.OutOfMemoryError) at the first step, and train() must turn it into the package's
+    error naming what to change."""
+    from conftest import fast_trainer
+    from transformers import TrainerCallback
+
+    from finetuning_suite import DefaultTrainerConfig
+    from finetuning_suite.errors import TrainingError
+
+    class Boom(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    class WithBoom(DefaultTrainerConfig):
+        def build_trainer(self, **kw):
+            trainer = super().build_trainer(**kw)
+            trainer.add_callback(Boom())
+            return trainer
+
+    base = fast_trainer(max_steps=2)
+    ft = FineTuner(model_id=tiny_llama, device="cpu", dataset_name=_data(tmp_path), max_length=8,
+                   trainer_config=WithBoom(**base.training_args), self_replay=False)
+    with pytest.raises(TrainingError) as info:
+        ft.train(tmp_path / "out")
+    message = str(info.value)
+    for option in ("per_device_train_batch_size (now 4)", "gradient_accumulation_steps",
+                   "quantize=True", "gradient_checkpointing=True", "max_seq_length"):
+        assert option in message
