@@ -319,7 +319,8 @@ class FineTuner:
                 raise DatasetError("evaluate() has no eval split: the dataset has no validation "
                                    "split; pass evaluate(dataset=...) or FineTuner(eval_fraction=0.1).")
         else:
-            raw = split_dataset(load_source(dataset))[0]
+            train, held_out = split_dataset(load_source(dataset))
+            raw = held_out if held_out is not None else train  # a DatasetDict: its validation split
             tokenized = self._tokenize(raw, "evaluate")
         if limit is not None:
             raw = raw.select(range(min(limit, len(raw))))

@@ -224,3 +224,22 @@ def test_evaluate_split_on_a_tiny_model(tiny_llama):
     assert m["max_new_tokens"] == max(16, 2 * longest + 8)  # not the 1000 of max_length
     text = evaluate_split(ft, Dataset.from_list([{"text": "plain"}]), None)
     assert text["n"] == 0 and text["loss"] is None and text["exact_match"] is None
+
+
+def test_evaluate_on_a_dataset_dict_scores_its_validation_split(tiny_llama):
+    from datasets import DatasetDict
+
+    ft = FineTuner(tiny_llama, device="cpu", max_length=8)
+    data = DatasetDict(train=Dataset.from_list([{"prompt": f"T{i}?", "completion": "train"} for i in range(5)]),
+                       validation=Dataset.from_list([{"prompt": "V?", "completion": "held out"}]))
+    m = ft.evaluate(data)
+    assert m["n"] == 1 and m["samples"][0]["reference"] == "held out"
+
+
+def test_run_record_keeps_ten_samples_per_evaluation():
+    from finetuning_suite.train.runinfo import _trimmed
+
+    ev = {"exact_match": 0.5, "samples": [{"i": i} for i in range(25)]}
+    out = _trimmed({"train_loss": 1.0, "before": ev, "after": ev})
+    assert len(out["after"]["samples"]) == 10 and out["after"]["samples_total"] == 25
+    assert out["before"]["exact_match"] == 0.5 and len(ev["samples"]) == 25  # the input is untouched

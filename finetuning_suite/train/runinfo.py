@@ -100,6 +100,21 @@ def run_record(ft, resolved, training_args=None, metrics: dict | None = None) ->
         "global_batch_size": (training_args.per_device_train_batch_size
                               * training_args.gradient_accumulation_steps * training_args.world_size)
         if training_args is not None else None,
-        "metrics": metrics,
+        "metrics": _trimmed(metrics),
         "versions": library_versions(),
     }
+
+
+SAMPLES_KEPT = 10  # per evaluation in the run record; report.html shows them all
+
+
+def _trimmed(metrics: dict | None) -> dict | None:
+    """`metrics` with the before/after evaluations' samples cut to the first SAMPLES_KEPT."""
+    if not metrics:
+        return metrics
+    out = dict(metrics)
+    for key in ("before", "after"):
+        ev = out.get(key)
+        if isinstance(ev, dict) and len(ev.get("samples") or []) > SAMPLES_KEPT:
+            out[key] = {**ev, "samples": ev["samples"][:SAMPLES_KEPT], "samples_total": len(ev["samples"])}
+    return out
