@@ -32,7 +32,8 @@ from .model.lora import SPEC_TARGET_MODULES, SPEC_TASK_TYPE
 from .model.methods import prepare_model, trainable_summary
 from .model.quantization import get_quantization_config
 from .train import defaults as auto_defaults
-from .train.guards import NonFiniteGuard, is_out_of_memory, out_of_memory_message
+from .train.guards import (STOP_FILE, NonFiniteGuard, StopFileCallback, is_out_of_memory,
+                           out_of_memory_message)
 from .train.meter import meter_callback
 from .train.output_dir import commit_files, find_checkpoint, prepare_output_dir
 from .train.report import write_report
@@ -231,6 +232,8 @@ class FineTuner:
             encoder_decoder=self.is_encoder_decoder)
         trainer.add_callback(meter_callback(self.model, train_set, out, self.dtype, self.device))
         trainer.add_callback(NonFiniteGuard(self.model, out))
+        stopper = StopFileCallback(out)
+        trainer.add_callback(stopper)
         if args.process_index == 0:  # the settings first: a crashed run can be resumed from them
             write_text_atomic(out / RUN_YAML_FILE, self.resolved_config(args, out).to_yaml())
         if checkpoint:
@@ -247,6 +250,10 @@ class FineTuner:
             if eval_before:
                 after = self.evaluate()
                 metrics.update(before=before, after=after)
+        if stopper.stopped_at is not None:
+            metrics["stopped_at_step"] = stopper.stopped_at
+            logger.info("Stopped on request (%s) at step %d; a checkpoint was saved.", STOP_FILE,
+                        stopper.stopped_at)
         state_dict = _gathered_state_dict(trainer)  # sharded weights: every process takes part
         if args.process_index != 0:  # one process writes; the others end here
             return metrics

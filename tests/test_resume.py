@@ -193,3 +193,41 @@ def test_out_of_memory_names_the_options(tiny_llama, tmp_path):
     for option in ("per_device_train_batch_size (now 4)", "gradient_accumulation_steps",
                    "quantize=True", "gradient_checkpointing=True", "max_seq_length"):
         assert option in message
+
+
+def test_stop_file_ends_the_run_with_a_checkpoint_then_resume_finishes_it(tiny_llama, tmp_path):
+    """The web page's stop button: output_dir/STOP ends training at the next step with a
+    checkpoint and a normal final save; resume_from_checkpoint then runs the remaining steps."""
+    from conftest import fast_trainer
+    from transformers import TrainerCallback
+
+    from finetuning_suite import DefaultTrainerConfig
+
+    out = tmp_path / "out"
+
+    class PressStop(TrainerCallback):  # another process would create the file; here, step 2
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                (out / "STOP").write_text("")
+
+    class WithStop(DefaultTrainerConfig):
+        def build_trainer(self, **kw):
+            trainer = super().build_trainer(**kw)
+            trainer.add_callback(PressStop())
+            return trainer
+
+    settings = fast_trainer(max_steps=6).training_args
+    ft = FineTuner(model_id=tiny_llama, device="cpu", dataset_name=_data(tmp_path), max_length=8,
+                   trainer_config=WithStop(**settings), self_replay=False)
+    metrics = ft.train(out)
+    assert metrics["stopped_at_step"] == 3
+    assert (out / "checkpoint-3").is_dir() and (out / "finetuner_config.json").exists()
+    assert not (out / "STOP").exists()
+    again = FineTuner(model_id=tiny_llama, device="cpu", dataset_name=_data(tmp_path), max_length=8,
+                      trainer_config=DefaultTrainerConfig(**settings), self_replay=False)
+    again.train(out, resume_from_checkpoint=True)
+    record = json.loads((out / "finetuner_config.json").read_text())
+    assert record["metrics"].get("stopped_at_step") is None
+    steps = [r["step"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+             if "loss" in r]
+    assert steps == [1, 2, 3, 4, 5, 6]  # 1-3 before the stop, 4-6 resumed

@@ -58,3 +58,30 @@ def out_of_memory_message(exc: BaseException, args) -> str:
 def is_out_of_memory(exc: BaseException) -> bool:
     oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
     return isinstance(exc, oom) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+
+
+STOP_FILE = "STOP"  # create output_dir/STOP to end a run gracefully (the web page's stop button)
+
+
+class StopFileCallback(TrainerCallback):
+    """Ends training at the next step when `output_dir/STOP` exists: a checkpoint is saved for
+    that step (resume continues from it) and the run finishes normally (final save, report).
+    The file is removed when seen. A cheap way for another process to stop a run cleanly."""
+
+    def __init__(self, output_dir):
+        from pathlib import Path
+
+        self.path = Path(output_dir) / STOP_FILE
+        self.stopped_at: int | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.path.unlink(missing_ok=True)  # a stale request from an earlier run
+        return control
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.path.exists():
+            self.path.unlink(missing_ok=True)
+            self.stopped_at = state.global_step
+            control.should_save = True
+            control.should_training_stop = True
+        return control
