@@ -283,9 +283,7 @@ CASES = [
          DatasetError, ("[0]: 'completion' is null",), "give it text"),
     # The message should call the argument by the name the user gave it: evaluate(dataset=...).
     Case("evaluate-names-its-argument", on("llama", "evaluate", dataset="iso-dates"), DatasetError,
-         ("dataset='iso-dates'",), "did you mean 'iso_dates'",
-         marks=(pytest.mark.xfail(reason="finetuner.py: evaluate() must call load_source(dataset, "
-                                         "name='dataset')", strict=True),)),
+         ("dataset='iso-dates'",), "did you mean 'iso_dates'"),
 
     # -- model and adapter folders ----------------------------------------------------------
     Case("model_id-dot-path-typo", typo("./models/lama", "models/llama"), ModelLoadError,
@@ -402,6 +400,7 @@ def test_the_matrix_is_large():
 def test_hub_rule_for_dataset_names():
     """Only an owner/name id goes to the hub (checked when loaded); typos of built-in names do not."""
     assert check_source("tatsu-lab/alpaca") is None
+    assert check_source("someone/facts") is None  # owner/name is a hub id even if near a built-in
     assert "did you mean 'dialogue'" in check_source("dialog")
     assert "did you mean 'snake_case'" in check_source("Snake-Case")
     assert "owner/name" in check_source("alpaca")

@@ -12,7 +12,8 @@ How a name is read, in this order (the first rule that applies decides):
 3. a name that can only be a path (it starts with `.`, `/` or `~`, ends in a data-file suffix
    such as `.jsonl`, or its first folder exists here, like `data/train` when `data/` does):
    "no such file or folder", with a did-you-mean among the files beside it;
-4. a name close to a built-in one (`"dialog"`, `"ISO_dates"`): "did you mean 'dialogue'?";
+4. a name without `/` close to a built-in one (`"dialog"`, `"ISO_dates"`): "did you mean
+   'dialogue'?";
 5. a hub dataset id, `owner/name` (`"tatsu-lab/alpaca"`): the only names sent to the Hugging
    Face hub (from the local cache when `HF_HUB_OFFLINE=1`);
 6. anything else (`"my_data"`): an error listing the built-in names and the forms above.
@@ -73,6 +74,8 @@ def _missing_path(text: str) -> str:
 
 def _near_builtin(text: str) -> str | None:
     """The built-in name `text` is probably a typo of (rule 4 of the module docstring)."""
+    if "/" in text:
+        return None  # owner/name: a hub id, meant as one
     lowered = {name.lower(): name for name in BUILTIN_DATASETS}
     key = text.strip().lower().replace("-", "_").replace(" ", "_")
     close = difflib.get_close_matches(key, list(lowered), n=1, cutoff=0.75)
