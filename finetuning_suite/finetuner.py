@@ -326,7 +326,7 @@ class FineTuner:
                 raise DatasetError("evaluate() has no eval split: the dataset has no validation "
                                    "split; pass evaluate(dataset=...) or FineTuner(eval_fraction=0.1).")
         else:
-            train, held_out = split_dataset(load_source(dataset))
+            train, held_out = split_dataset(load_source(dataset, name="dataset"))
             raw = held_out if held_out is not None else train  # a DatasetDict: its validation split
             tokenized = self._tokenize(raw, "evaluate")
         if limit is not None:
