@@ -103,6 +103,16 @@ def test_train_writes_the_run_and_the_report_then_generate_and_chat_use_it(tiny_
     second_run = json.loads((tmp_path / "again" / "finetuner_config.json").read_text())["metrics"]
     assert second_run["train_loss"] == pytest.approx(first_run["train_loss"], rel=1e-4)  # same run
 
+    # the same folder again: refused (runs never mix); --resume continues from its last checkpoint
+    refused = finetune("train", "--config", out / "config.yaml")
+    assert refused.returncode == 2 and "already holds a run" in refused.stderr
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-6", "checkpoint-8"]
+    more = finetune("train", "--config", out / "config.yaml", "--resume", "--num_train_epochs", "3")
+    assert more.returncode == 0, more.stderr[-3000:]
+    steps = [r["step"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+             if "loss" in r]
+    assert steps == list(range(1, 13))  # 8 steps, then 9-12 resumed from checkpoint-8
+
     gen = finetune("generate", "--model_id", out, "--device", "cpu", "--prompt", "Say red", "Say blue")
     assert gen.returncode == 0, gen.stderr[-2000:]
     assert gen.stdout.count("### ") == 2

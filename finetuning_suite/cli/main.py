@@ -54,6 +54,14 @@ class CliArguments:
 
 
 @dataclass
+class TrainCliArguments:
+    """Options of `finetune train`."""
+
+    resume: bool = field(default=False, metadata={"help": "Continue the run in output_dir from its "
+                         "latest checkpoint (the same as --resume_from_checkpoint true)."})
+
+
+@dataclass
 class EvalCliArguments:
     """Options of `finetune eval`."""
 
@@ -83,7 +91,8 @@ def _extra(command: str):
         from .serve import ServeCliArguments
 
         return ServeCliArguments
-    return {"eval": EvalCliArguments, "generate": GenerateCliArguments}.get(command)
+    return {"train": TrainCliArguments, "eval": EvalCliArguments,
+            "generate": GenerateCliArguments}.get(command)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -204,7 +213,8 @@ def cmd_train(config: FinetuneConfig, options: dict) -> int:
     ft = FineTuner.from_config(config)
     out = config.training.output_dir
     try:
-        metrics = ft.train(eval_before=config.training.eval_before)
+        metrics = ft.train(eval_before=config.training.eval_before,
+                           resume_from_checkpoint=True if options.get("resume") else None)
     except KeyboardInterrupt:
         checkpoints = sorted(Path(out).glob("checkpoint-*")) if Path(out).is_dir() else []
         saved = (f"the last checkpoint is {checkpoints[-1]}; continue with `finetune train "
