@@ -525,7 +525,8 @@ def test_embedded_gguf_f16_equals_the_merged_model(tmp_path):
     expected = ft.generate(prompt)
     written = export_model(ft, tmp_path / "smollm2", gguf="f16")
     (result,) = run_plain([{"kind": "gguf", "file": written["gguf"], "merged": written["folder"],
-                            "prompts": [prompt], "max_new": 16}])
+                            "prompts": [prompt], "max_new": 16, "round": "f16"}])
     assert result["merged_texts"] == [expected] and result["texts"] == [expected]
     assert "Paris" in expected
     assert result["same_ids"] and result["chat_template_same"] and result["tied"]
+    assert result["max_logit_diff_rounded"] < 1e-3  # the file is the merged model in float16

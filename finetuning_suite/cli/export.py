@@ -22,7 +22,7 @@ class ExportCliArguments:
     export_dir: str | None = field(default=None, metadata={"help": "The folder to write (created; "
                                    "an existing non-empty one needs --overwrite)."})
     merged: bool = field(default=True, metadata={"help": "true: a plain transformers model folder "
-                         "with the adapter merged in (a 4-bit base is loaded un-quantized first); "
+                         "with the adapter merged in (a 4-bit base is dequantized first); "
                          "false: the PEFT adapter folder alone."})
     gguf: str | None = field(default=None, metadata={"help": "Also write a GGUF file (f16 or q8_0) "
                              "and an Ollama Modelfile into <export_dir>/gguf/ (Llama-architecture "

@@ -2,7 +2,7 @@
 
 `export_model(ft, path, merged=True, gguf=None, overwrite=False)` (in `api`) is the one entry
 point; `FineTuner.export` and `finetune export` call it. The pieces, one concern each: `merged`
-(the adapter merged into a copy of the base, a quantized base reloaded un-quantized first; a
+(the adapter merged into a float32 copy of the base, a quantized base dequantized first; a
 plain transformers folder), `adapter` (the PEFT adapter folder alone), `gguf_file` (a llama.cpp
 GGUF file for Llama-architecture models, F16 or Q8_0), `modelfile` (the Ollama `Modelfile`
 beside it) and `atomic` (every export is written to a temporary sibling folder and renamed into

@@ -34,7 +34,8 @@ def export_model(ft, path, *, merged: bool = True, gguf: str | None = None,
         tokenizer with the training chat template): `AutoModelForCausalLM.from_pretrained(path)`
         (or `AutoModelForSeq2SeqLM`, `transformers.pipeline`) loads it without this package
         and generates greedily what `ft.generate` does. A LoRA adapter is merged into a freshly
-        loaded copy of the base (a 4-bit/8-bit base is loaded un-quantized); `ft` is unchanged.
+        loaded float32 copy of the base (a 4-bit/8-bit base gets its dequantized weights);
+        `ft` is unchanged.
     merged=False: the PEFT adapter folder with the tokenizer (`peft.PeftModel.from_pretrained(
         base, path)`; `FineTuner(model_id=path)` reloads it with its settings). Not for
         method='full', which has no adapter.
