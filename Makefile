@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup run test quality clean
+.PHONY: setup run test quality bench clean
 
 setup: $(STAMP)
 
@@ -34,6 +34,11 @@ test: setup
 # Not a test: trains every quality task with every method on defaults (~40-60 min on 2 cores).
 quality: setup
 	$(BIN)/python bench/quality.py
+
+# Not a test: training speed side by side (ours, seed-style, plain HF, TRL x3, QLoRA), ~1 h on 2 cores.
+bench: setup
+	$(BIN)/python -m pip install --quiet -e ".[bench]"
+	$(BIN)/python bench/speed.py
 
 clean:
 	rm -rf $(VENV) *.egg-info runs trained_model

@@ -9,7 +9,7 @@ embedded SmolLM2-135M-Instruct with the same LoRA (r=16, alpha=32, every linear 
 0.05), learning rate 1e-3, batch 8, one epoch (12 optimizer steps: every configuration
 sees the same examples, in its own order), on the CPU in fp32 unless
 the configuration says otherwise, each in its own process (so peak RSS is its own), one after
-the other. The first step is a warm-up and is not timed.
+the other. Every step is timed, the first included.
 
 Configurations:
 - `ours`: `FineTuner` with its defaults (chat template, labelled-only loss, length-grouped
@@ -225,9 +225,11 @@ def run_config(name: str, steps: int, out: str) -> dict:
 def summarize(name, model, counter, times, steps) -> dict:
     from finetuning_suite.train.meter import _output_embeddings, estimate_flops_per_token
 
-    batches = counter.batches[:steps]
-    timed = batches[1:]  # step 1 is the warm-up
-    seconds = times[-1] - times[1] if len(times) > 2 else float("nan")
+    # every step is timed, the first included: with length grouping the first batch is the
+    # longest (the sampler puts it first), so skipping it would flatter the grouped runs; over
+    # a whole epoch every configuration (but packing) computes on exactly the same examples
+    timed = counter.batches[:steps]
+    seconds = times[-1] - times[0] if len(times) > 1 else float("nan")
     sums = {k: sum(b[k] for b in timed) for k in ("padded", "tokens", "labelled", "sq")}
     head = _output_embeddings(model)
     n_head = head.weight.numel() if head is not None else 0
@@ -264,7 +266,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--configs", nargs="+", default=CONFIGS, choices=CONFIGS)
     p.add_argument("--steps", type=int, default=N_EXAMPLES // BATCH,
-                   help="optimizer steps per configuration (first untimed); default: one epoch")
+                   help="optimizer steps per configuration; default: one epoch")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--timeout", type=int, default=1200, help="seconds per configuration before it is stopped")
     p.add_argument("--one", help=argparse.SUPPRESS)
@@ -295,6 +297,7 @@ def main(argv=None):
         if args.threads:
             cmd += ["--threads", str(args.threads)]
         started = time.time()
+        load_before = os.getloadavg()[0]
         try:
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
             ok = proc.returncode == 0 and result_file.exists()
@@ -304,6 +307,8 @@ def main(argv=None):
             result = {"config": name, "error": f"did not finish {args.steps} steps in {args.timeout} s"}
         result_file.unlink(missing_ok=True)
         result["wall_seconds"] = round(time.time() - started, 1)
+        # other work on the machine skews a configuration's numbers: record the load around it
+        result["load_avg_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
         if "useful_flops_per_s" in result:
             result["mfu"] = round(result["useful_flops_per_s"] / peak, 4)
         results.append(result)
@@ -326,16 +331,16 @@ def markdown(report: dict) -> str:
              f"fp32 matmul peak (probe, same run) {report['matmul_peak_flops'] / 1e9:.1f} GFLOP/s.",
              f"Workload: {report['examples']} prompt/completion examples (20-500 tokens), completion-only "
              f"loss, batch {report['batch']}, {report['steps']} optimizer steps per configuration "
-             f"(the first untimed), LoRA r=16/alpha=32 on every linear layer, embedded SmolLM2-135M.", "",
-             "| configuration | useful tok/s | tokens/s | padded tok/s | s/step | MFU | peak RSS MB |",
-             "|---|---|---|---|---|---|---|"]
+             f"(all timed), LoRA r=16/alpha=32 on every linear layer, embedded SmolLM2-135M.", "",
+             "| configuration | useful tok/s | tokens/s | padded tok/s | s/step | MFU | peak RSS MB | load before/after |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in report["results"]:
         if "error" in r:
-            lines.append(f"| {r['config']} | failed: {r['error'].splitlines()[-1][:80] if r['error'] else '?'} | | | | | |")
+            lines.append(f"| {r['config']} | failed: {r['error'].splitlines()[-1][:80] if r['error'] else '?'} | | | | | | |")
             continue
         lines.append(f"| {r['config']} | {r['useful_tokens_per_s']:.1f} | {r['tokens_per_s']:.1f} | "
                      f"{r['padded_tokens_per_s']:.1f} | {r['seconds_per_step']:.2f} | {r.get('mfu', 0):.1%} | "
-                     f"{r['peak_rss_mb']:.0f} |")
+                     f"{r['peak_rss_mb']:.0f} | {r['load_avg_1min'][0]}/{r['load_avg_1min'][1]} |")
     lines += ["", "Useful tokens carry a label (completion tokens). MFU counts useful FLOPs only "
               "(see bench/speed.py's docstring); padding and the output layer at unlabelled "
               "positions are waste.", ""]
