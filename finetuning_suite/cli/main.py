@@ -34,6 +34,7 @@ COMMANDS = {
     "chat": "talk to a model in the terminal (keeps the conversation; /reset, /exit)",
     "export": "write a merged model folder, the adapter alone, or a GGUF file (+ Ollama Modelfile)",
     "serve": "an OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions, /v1/models)",
+    "web": "a page to fine-tune, watch, compare, chat with and export models (gradio)",
     "demo": "the main job: teach the embedded model ISO dates, before/after",
 }
 
@@ -91,6 +92,10 @@ def _extra(command: str):
         from .serve import ServeCliArguments
 
         return ServeCliArguments
+    if command == "web":
+        from .web import WebCliArguments
+
+        return WebCliArguments
     return {"train": TrainCliArguments, "eval": EvalCliArguments,
             "generate": GenerateCliArguments}.get(command)
 
@@ -337,8 +342,14 @@ def cmd_serve(config: FinetuneConfig, options: dict) -> int:
     return run(config, options)
 
 
+def cmd_web(config: FinetuneConfig, options: dict) -> int:
+    from .web import cmd_web as run
+
+    return run(config, options)
+
+
 _RUN = {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "chat": cmd_chat,
-        "export": cmd_export, "serve": cmd_serve}
+        "export": cmd_export, "serve": cmd_serve, "web": cmd_web}
 
 
 def usage() -> str:
