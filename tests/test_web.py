@@ -143,10 +143,16 @@ def test_upload_shows_rows_as_the_model_sees_them(web, page):
     page.set_input_files("#upload input[type=file]", str(web["data"]))
     page.wait_for_selector("#preview mark.loss")
     preview = page.inner_text("#preview")
-    assert "12 training rows" in preview and "prompt_completion" in preview
-    assert "<|im_start|>user\nWhat is 0 plus 0?<|im_end|>" in preview  # the chat template
+    # the split training makes: eval_fraction 0.25 of 12 rows, shuffled with the run's seed
+    assert "9 training rows (+3 held out for evaluation)" in preview and "prompt_completion" in preview
+    rows = page.locator("#preview pre").all_inner_texts()
+    assert len(rows) == 3
+    for row in rows:  # the chat template around the question; the answer and EOS carry loss
+        n = int(re.search(r"<\|im_start\|>user\nWhat is (\d+) plus \1\?<\|im_end\|>\n"
+                          r"<\|im_start\|>assistant\n", row).group(1))
+        assert row.endswith(f"assistant\n{2 * n}<|im_end|>")
     trained = page.locator("#preview pre mark.loss").all_inner_texts()
-    assert trained[:3] == ["0<|im_end|>", "2<|im_end|>", "4<|im_end|>"]  # answer + EOS carry loss
+    assert len(trained) == 3 and all(re.fullmatch(r"\d+<\|im_end\|>", t) for t in trained)
     kept = web["workspace"] / "datasets" / "sums.jsonl"
     assert kept.is_file()
     assert page.input_value("#knob-dataset_name input") == str(kept)

@@ -74,7 +74,11 @@ def cmd_web(config, options: dict) -> int:
         print("error: finetune web needs gradio: pip install 'finetuning_suite[web]'", file=sys.stderr)
         return 2
     password = check_options(options)
+    import logging
+
     from ..web.app import create_app, launch
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's start-up self-checks
 
     app = create_app(config, options["workspace"])
     host, port = options["host"], options["port"]

@@ -112,21 +112,30 @@ class Page:
                               f"{', '.join(DATA_SUFFIXES)}.")
         folder = self.workspace / "datasets"
         folder.mkdir(parents=True, exist_ok=True)
-        digest = hashlib.sha256(src.read_bytes()).hexdigest()
+        digest = _sha256(src)
         stem, suffix = src.stem, src.suffix.lower()
         for i in range(1000):
             target = folder / (f"{stem}{suffix}" if i == 0 else f"{stem}-{i}{suffix}")
             if not target.exists():
                 shutil.copyfile(src, target)
                 return target
-            if hashlib.sha256(target.read_bytes()).hexdigest() == digest:
+            if _sha256(target) == digest:
                 return target
         raise ConfigError(f"too many uploads named {src.name!r}; rename the file.")
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 # -- rendering ---------------------------------------------------------------------------------
 def preview_html(p: Preview) -> str:
-    head = (f"{p.total_rows} training rows · format <b>{html.escape(p.format)}</b> · "
+    held = f" (+{p.eval_rows} held out for evaluation)" if p.eval_rows else ""
+    head = (f"{p.total_rows} training rows{held} · format <b>{html.escape(p.format)}</b> · "
             f"chat template: {'yes' if p.stats.get('chat_template') else 'no'} · "
             f"max_seq_length {p.stats.get('max_seq_length')} · model {html.escape(str(p.source))}. "
             "The first rows exactly as the model reads them; "
@@ -184,8 +193,8 @@ def status_markdown(info: RunInfo) -> str:
         lines.append("Interrupted before its final save. **Resume** continues from the last checkpoint.")
     if info.complete:
         lines.append(f"Saved in `{info.path}` (report: `{info.path / 'report.html'}`).")
-    if info.error:
-        lines.append(error_markdown(info.error))
+    if info.error:  # a failure as an error; an interruption as what the job said
+        lines.append(error_markdown(info.error) if info.status == "failed" else info.error)
     return "\n\n".join(lines)
 
 
@@ -231,10 +240,10 @@ def compare_samples(a: RunInfo, b: RunInfo) -> pd.DataFrame:
             for s in samples(info.record, which):
                 row = by_prompt.setdefault(str(s.get("prompt")), {"reference": s.get("reference")})
                 row[f"{side} {which}"] = s.get("generated")
-    columns = ["prompt", "reference", f"{a.name} before", f"{a.name} after", f"{b.name} before",
-               f"{b.name} after"]
-    rows = [{"prompt": p, "reference": r.get("reference"), columns[2]: r.get("a before"),
-             columns[3]: r.get("a after"), columns[4]: r.get("b before"), columns[5]: r.get("b after")}
+    keys = ["a after", "b after", "a before", "b before"]  # the trained answers first
+    columns = ["prompt", "reference"] + [f"{(a if k[0] == 'a' else b).name} {k[2:]}" for k in keys]
+    rows = [{"prompt": p, "reference": r.get("reference"),
+             **{column: r.get(k) for column, k in zip(columns[2:], keys)}}
             for p, r in by_prompt.items()]
     return pd.DataFrame(rows, columns=columns)
 
@@ -500,6 +509,13 @@ def create_app(config: FinetuneConfig | None = None, workspace="runs", *, device
         def resume(name):
             try:
                 path = page.run_dir(name)
+                info = read_run(path, alive=page.jobs.alive(path))
+                if info.status == "finished":
+                    raise ConfigError(f"run {name!r} finished all its steps: nothing to resume. "
+                                      "To train more, start a new run (e.g. with this run as model_id).")
+                if not info.alive and not info.checkpoints:
+                    raise ConfigError(f"run {name!r} has no checkpoint to resume from (it stopped "
+                                      "before its first save); start it again as a new run.")
                 pid = page.jobs.resume(path)
                 page.models.forget(str(path))
                 return f"Resumed **{name}** from its latest checkpoint (process {pid})."

@@ -40,6 +40,16 @@ def line_chart(series: dict[str, list[tuple[float, float]]], *, title: str = "Lo
         return (f"<div class='chart chart-empty'><b>{html.escape(title)}</b><br>"
                 f"{html.escape(empty)}</div>")
     left, right, top, bottom = 64, 16, 30, 70
+    # the legend: one entry per series, wrapped onto as many lines as it needs below the plot
+    labels = [f"{name} (last {_label(pts[-1][1])})" for name, pts in series.items()]
+    places, x, line = [], left, 0
+    for label in labels:
+        w = 34 + 7 * len(label)
+        if x > left and x + w > width - right:
+            x, line = left, line + 1
+        places.append((x, line))
+        x += w
+    height, bottom = height + 18 * line, bottom + 18 * line
     xs = [x for pts in series.values() for x, _ in pts]
     ys = [y for pts in series.values() for _, y in pts]
     x0, x1 = min(xs), max(xs)
@@ -75,7 +85,6 @@ def line_chart(series: dict[str, list[tuple[float, float]]], *, title: str = "Lo
                f"fill='currentColor'>{html.escape(x_label)}</text>")
     out.append(f"<text transform='translate(14 {top + plot_h / 2}) rotate(-90)' "
                f"text-anchor='middle' fill='currentColor'>{html.escape(y_label)}</text>")
-    legend_x = left
     for i, (name, pts) in enumerate(series.items()):
         color = COLORS[i % len(COLORS)]
         coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts)
@@ -86,11 +95,10 @@ def line_chart(series: dict[str, list[tuple[float, float]]], *, title: str = "Lo
             out += [f"<circle cx='{sx(x):.1f}' cy='{sy(y):.1f}' r='2.5' fill='{color}'>"
                     f"<title>{html.escape(name)} step {_label(x)}: {_label(y)}</title></circle>"
                     for x, y in pts]
-        ly = height - 14
-        out.append(f"<line x1='{legend_x}' x2='{legend_x + 18}' y1='{ly - 4}' y2='{ly - 4}' "
+        lx, row = places[i]
+        ly = top + plot_h + 60 + 18 * row
+        out.append(f"<line x1='{lx}' x2='{lx + 18}' y1='{ly - 4}' y2='{ly - 4}' "
                    f"stroke='{color}' stroke-width='3'/>")
-        out.append(f"<text x='{legend_x + 24}' y='{ly}' fill='currentColor'>"
-                   f"{html.escape(name)} (last {_label(pts[-1][1])})</text>")
-        legend_x += 40 + 7 * len(name) + 70
+        out.append(f"<text x='{lx + 24}' y='{ly}' fill='currentColor'>{html.escape(labels[i])}</text>")
     out.append("</svg>")
     return "".join(out)

@@ -1,6 +1,7 @@
 """The first rows of a dataset as the model will see them in training.
 
-Each row goes through what training uses: the dataset is read by `data.sources.load_source`,
+Each row goes through what training uses: the dataset is read by `data.sources.load_source`
+and split as training splits it (its validation split, or `eval_fraction` with the run's seed),
 the tokenizer gets the chat template `data.chat_template.template_for` picks (as `FineTuner`
 installs it), and `DefaultPreprocessor` (built from the same configuration fields) turns the
 rows into token ids and labels. The ids are decoded back into text in runs of tokens that do or
@@ -34,6 +35,7 @@ class PreviewRow:
 class Preview:
     rows: list[PreviewRow]
     total_rows: int  # rows in the training split
+    eval_rows: int | None  # rows held out for evaluation (None: no eval split)
     format: str
     stats: dict = field(default_factory=dict)  # the preprocessor's, for the rows shown
     source: str = ""
@@ -69,7 +71,9 @@ def preview(config: FinetuneConfig, rows: int = PREVIEW_ROWS, cache: TokenizerCa
     if data_cfg.dataset_name is None:
         raise ConfigError("dataset_name is empty: upload a file (.jsonl, .json, .csv, .parquet, "
                           ".txt) or give a path or a built-in name (dialogue, iso_dates, ...).")
-    train, _ = split_dataset(load_source(data_cfg.dataset_name))
+    # the same split training makes (the dataset's validation split, or eval_fraction, seeded)
+    train, held_out = split_dataset(load_source(data_cfg.dataset_name), data_cfg.eval_fraction,
+                                    config.training.seed)
     cache = cache or _TOKENIZERS
     src, tokenizer, model_config, own_template = cache.get(
         config.model.model_id, config.model.adapter_path, config.model.trust_remote_code)
@@ -88,7 +92,8 @@ def preview(config: FinetuneConfig, rows: int = PREVIEW_ROWS, cache: TokenizerCa
                      for ids, labels in zip(tokenized["input_ids"], tokenized["labels"])]
         finally:
             tokenizer.chat_template = own_template
-    return Preview(rows=shown, total_rows=len(train), format=preprocessor.stats.get("format", "?"),
+    return Preview(rows=shown, total_rows=len(train),
+                   eval_rows=len(held_out) if held_out is not None else None, format=preprocessor.stats.get("format", "?"),
                    stats=dict(preprocessor.stats), source=src.source)
 
 
