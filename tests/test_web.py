@@ -12,8 +12,8 @@ folder, with the tiny Llama from `conftest.py` as its model, so each training ta
 (in a `python -m finetuning_suite train` process, as on the page). The tests run in file order
 and share the page: each continues from what the previous one left.
 
-Screenshots of each tab are written to a temp folder, or, with
-`FINETUNE_WEB_SCREENSHOTS=docs/screenshots`, to that folder (how the README's were made).
+Screenshots of each tab are written to a temp folder (or to `$FINETUNE_WEB_SCREENSHOTS`); the
+README's are of the embedded model, made by `scripts/web_screenshots.py`.
 """
 from __future__ import annotations
 
