@@ -72,11 +72,8 @@ class StopFileCallback(TrainerCallback):
         from pathlib import Path
 
         self.path = Path(output_dir) / STOP_FILE
+        self.path.unlink(missing_ok=True)  # a stale request from an earlier run, before any starts
         self.stopped_at: int | None = None
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.path.unlink(missing_ok=True)  # a stale request from an earlier run
-        return control
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.path.exists():
