@@ -18,6 +18,8 @@ Configurations:
   change pays);
 - `ours_max_length_x2`: ours with `max_seq_length` doubled (cost must follow real tokens);
 - `ours_qlora`: ours with `quantize=True` (4-bit NF4 base);
+- `ours_bf16`: ours with `bf16=True` (bf16 autocast, fp32 master weights): on CPUs whose bf16
+  matmul beats fp32 (AVX512-BF16/AMX), an option worth measuring;
 - `seed`: the original attempt's pipeline: every example padded to `max_length` (512) and
   `DataCollatorForSeq2Seq`, plain `Trainer`;
 - `hf`: plain `Trainer` + PEFT with dynamic padding (`DataCollatorForSeq2Seq`);
@@ -49,7 +51,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-CONFIGS = ["ours", "ours_no_grouping", "ours_full_head", "ours_max_length_x2", "ours_qlora",
+CONFIGS = ["ours", "ours_no_grouping", "ours_full_head", "ours_max_length_x2", "ours_qlora", "ours_bf16",
            "seed", "hf", "trl_cpu_best", "trl_default", "trl_packing"]
 BATCH, LR, MAX_LENGTH, N_EXAMPLES = 8, 1e-3, 512, 96
 LORA = dict(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear")
@@ -183,7 +185,8 @@ def run_config(name: str, steps: int, out: str) -> dict:
                 trainer.add_callback(timer)
                 return trainer
 
-        extra = {} if name != "ours_no_grouping" else {"train_sampling_strategy": "random"}
+        extra = {"ours_no_grouping": {"train_sampling_strategy": "random"},
+                 "ours_bf16": {"bf16": True}}.get(name, {})
         cfg = Measured(**_common_args(steps, out, **extra))
         cfg.labelled_loss = name != "ours_full_head"
         ft = FineTuner(device="cpu", dataset_name=rows, self_replay=False, trainer_config=cfg,
