@@ -12,10 +12,10 @@ the configuration says otherwise, each in its own process (so peak RSS is its ow
 the other. Every step is timed, the first included.
 
 Configurations:
-- `ours`: `FineTuner` with its defaults (chat template, labelled-only loss, length-grouped
-  batches), self-replay off (it adds rows, not speed);
-- `ours_no_grouping` / `ours_full_head`: ours with one change undone each (measures what each
-  change pays);
+- `ours`: `FineTuner` with its defaults (chat template, labelled-only loss, random order),
+  self-replay off (it adds rows, not speed);
+- `ours_grouped`: ours with length-grouped batches (`train_sampling_strategy=group_by_length`);
+- `ours_full_head`: ours with the Trainer's own loss (the output layer on every position);
 - `ours_max_length_x2`: ours with `max_seq_length` doubled (cost must follow real tokens);
 - `ours_qlora`: ours with `quantize=True` (4-bit NF4 base);
 - `ours_bf16`: ours with `bf16=True` (bf16 autocast, fp32 master weights): on CPUs whose bf16
@@ -51,7 +51,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-CONFIGS = ["ours", "ours_no_grouping", "ours_full_head", "ours_max_length_x2", "ours_qlora", "ours_bf16",
+CONFIGS = ["ours", "ours_grouped", "ours_full_head", "ours_max_length_x2", "ours_qlora", "ours_bf16",
            "seed", "hf", "trl_cpu_best", "trl_default", "trl_packing"]
 BATCH, LR, MAX_LENGTH, N_EXAMPLES = 8, 1e-3, 512, 96
 LORA = dict(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear")
@@ -185,7 +185,7 @@ def run_config(name: str, steps: int, out: str) -> dict:
                 trainer.add_callback(timer)
                 return trainer
 
-        extra = {"ours_no_grouping": {"train_sampling_strategy": "random"},
+        extra = {"ours_grouped": {"train_sampling_strategy": "group_by_length"},
                  "ours_bf16": {"bf16": True}}.get(name, {})
         cfg = Measured(**_common_args(steps, out, **extra))
         cfg.labelled_loss = name != "ours_full_head"

@@ -139,10 +139,10 @@ class TrainingConfig:
                                       "steps. Empty: " + AUTO + ".")
     weight_decay: float = _opt(0.0, "AdamW weight decay.")
     logging_steps: float = _opt(10, "Log train loss, learning rate and throughput every N steps.")
-    train_sampling_strategy: str = _opt("group_by_length", "Order of training examples: "
-                                        "group_by_length (batches of similar length, from shuffled "
-                                        "mega-batches: little compute goes to padding), random, "
-                                        "sequential or batch_rebalance.")
+    train_sampling_strategy: str = _opt("random", "Order of training examples: random, or "
+                                        "group_by_length (batches of similar length: 1.5x faster "
+                                        "on mixed lengths, but it cut a tiny model's held-out score "
+                                        "from >=90% to 62%, so it is opt-in), sequential, batch_rebalance.")
     save_strategy: str = _opt("steps", "When to save checkpoints during training (no, steps, epoch); "
                               "the final model is always saved.")
     save_steps: float = _opt(0.25, "Save a checkpoint every N steps; a value below 1 is a fraction "

@@ -131,6 +131,9 @@ def test_a_new_registry_finds_a_running_job_and_stops_it(tmp_path):
     # stands in for `python -m finetuning_suite train --config <run>/job.yaml`
     command = [sys.executable, "-c", "import time; time.sleep(60)", "finetuning_suite", "--config", config]
     proc = subprocess.Popen(command)
+    deadline = time.time() + 10  # until the child has exec'd: before that /proc shows our own command
+    while not _process_matches(proc.pid, command) and time.time() < deadline:
+        time.sleep(0.05)
     try:
         (run / "job.json").write_text(json.dumps({"attempts": [
             {"command": command, "pid": proc.pid, "started": time.time(), "exit_code": None}]}))
