@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -130,7 +131,8 @@ def test_a_new_registry_finds_a_running_job_and_stops_it(tmp_path):
     config = str(run / "job.yaml")
     # stands in for `python -m finetuning_suite train --config <run>/job.yaml`
     command = [sys.executable, "-c", "import time; time.sleep(60)", "finetuning_suite", "--config", config]
-    proc = subprocess.Popen(command)
+    # as the registry starts jobs: SIGINT at its default even when this test runs in the background
+    proc = subprocess.Popen(command, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 10  # until the child has exec'd: before that /proc shows our own command
     while not _process_matches(proc.pid, command) and time.time() < deadline:
         time.sleep(0.05)

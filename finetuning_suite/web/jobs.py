@@ -88,8 +88,12 @@ class JobRegistry:
                 log.write(header.encode("utf-8"))
                 log.flush()
                 env = dict(os.environ, PYTHONUNBUFFERED="1")
+                # SIGINT back to its default in the job: a page started in the background
+                # (`finetune web &`) has it ignored, the job would inherit that and Stop could
+                # not cancel it while it loads
                 proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+                                        stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+                                        preexec_fn=_default_sigint)
             self._procs[run_dir] = proc
             record.setdefault("attempts", []).append(
                 {"command": command, "pid": proc.pid, "started": started, "ended": None,
@@ -172,6 +176,10 @@ def training_started(run_dir: Path) -> bool:
 def _last_attempt(run_dir: Path) -> dict | None:
     attempts = job_record(run_dir).get("attempts") or []
     return attempts[-1] if attempts else None
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _process_matches(pid, command: list[str]) -> bool:
