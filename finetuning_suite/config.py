@@ -376,3 +376,23 @@ def check_values(problems: Problems, config: FinetuneConfig) -> None:
 
 def _get(config: FinetuneConfig, name: str):
     return getattr(getattr(config, _owner()[name]), name)
+
+
+def parse_yaml_mapping(text: str, where: str, fix: str) -> dict:
+    """The flat option mapping in YAML `text` (empty: {}); ConfigError naming `where`, the line
+    and column, and `fix` when it does not parse or is not a mapping."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(text or "")
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{where}:{at}: not valid YAML ({getattr(exc, 'problem', None) or exc}). "
+                          f"{fix}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: must be a mapping of option: value (as `finetune train "
+                          f"--print_config` writes it), got a {type(data).__name__}.")
+    return data

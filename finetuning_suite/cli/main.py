@@ -24,7 +24,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import SECTIONS, FinetuneConfig, suggest, training_argument_names
+from ..config import SECTIONS, FinetuneConfig, parse_yaml_mapping, suggest, training_argument_names
 from ..errors import FineTuningError
 
 COMMANDS = {
@@ -140,25 +140,12 @@ def _mapping(name: str):
 
 
 def read_yaml(path: str) -> dict:
-    import yaml
-
     file = Path(path)
     if not file.is_file():
         raise UsageError(f"--config {path}: no such file; pass the path of a YAML file "
                          "(see recipes/ for examples).")
-    try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise UsageError(f"--config {path}:{where}: not valid YAML ({getattr(exc, 'problem', exc)}). "
-                         "Fix the file; `finetune train --print_config` shows the expected layout.") from exc
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise UsageError(f"--config {path}: must be a mapping of option: value, got a "
-                         f"{type(data).__name__}.")
-    return data
+    return parse_yaml_mapping(file.read_text(encoding="utf-8"), f"--config {path}",
+                              "Fix the file; `finetune train --print_config` shows the expected layout.")
 
 
 def parse_command_line(command: str, argv: list[str]) -> tuple[FinetuneConfig, dict]:

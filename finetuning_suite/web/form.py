@@ -17,8 +17,8 @@ import functools
 import typing
 from typing import Any
 
-from ..config import SECTIONS, FinetuneConfig
-from ..errors import ConfigError, Problems
+from ..config import SECTIONS, FinetuneConfig, parse_yaml_mapping
+from ..errors import Problems
 
 # The knobs shown on the Train tab, in order (everything else: the Advanced YAML box).
 MODEL_KNOBS = ("model_id",)
@@ -146,21 +146,8 @@ def coerce(name: str, value):
 # -- the Advanced YAML box -------------------------------------------------------------------
 def parse_yaml(text: str) -> dict:
     """The flat options in the Advanced box (`to_yaml()` layout), coerced to their types."""
-    import yaml
-
-    try:
-        data = yaml.safe_load(text or "")
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"Advanced configuration:{where}: not valid YAML "
-                          f"({getattr(exc, 'problem', None) or exc}). Fix the text, or reload the "
-                          "page to start again from the resolved configuration.") from exc
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"Advanced configuration: must be a mapping of option: value (as "
-                          f"`finetune train --print_config` writes it), got a {type(data).__name__}.")
+    data = parse_yaml_mapping(text, "Advanced configuration", "Fix the text, or reload the page to "
+                              "start again from the resolved configuration.")
     return {str(k): coerce(str(k), v) for k, v in data.items()}
 
 
