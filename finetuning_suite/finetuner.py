@@ -216,7 +216,8 @@ class FineTuner:
         epochs = num_train_epochs if num_train_epochs is not None else \
             getattr(self.trainer_config, "training_args", {}).get("num_train_epochs")
         self.chosen_defaults = auto_defaults.choose_defaults(
-            method, len(self.tokenized_dataset), epochs, replay=self._replay_possible())
+            method, len(self.tokenized_dataset), epochs, replay=self._replay_possible(),
+            n_tokens=_token_count(self.tokenized_dataset))
         args = self._training_arguments(output_dir, num_train_epochs)
         resume = _resume_value(resume_from_checkpoint if resume_from_checkpoint is not None
                                else args.resume_from_checkpoint)
@@ -442,3 +443,10 @@ def _check_output_dir(output_dir) -> Path:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output_dir={str(out)!r} is an existing file; pass a folder path.")
     return out
+
+
+def _token_count(dataset) -> int | None:
+    """All rows' input tokens (the epoch-count rule's time budget); None without input_ids."""
+    if "input_ids" not in getattr(dataset, "column_names", ()):
+        return None
+    return int(sum(len(ids) for ids in dataset["input_ids"]))

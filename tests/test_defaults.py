@@ -2,7 +2,7 @@
 import pytest
 
 from finetuning_suite.data.replay import REPLAY_PROMPTS, self_replay_rows
-from finetuning_suite.train.defaults import (MAX_EPOCHS, MAX_EXAMPLE_PASSES, METHODS, REPLAY_MAX,
+from finetuning_suite.train.defaults import (MAX_EPOCHS, METHODS, REPLAY_MAX, REPLAY_ROW_TOKENS, TOKEN_BUDGET,
                                              REPLAY_MIN, choose_defaults)
 
 SIZES = [1, 10, 12, 50, 72, 100, 199, 200, 300, 499, 500, 1000, 5000]
@@ -47,9 +47,21 @@ def test_small_sets_get_enough_steps_and_large_sets_a_bounded_budget():
         steps = t["num_train_epochs"] * -(-rows // t["per_device_train_batch_size"])
         assert steps >= 60, (n, steps)  # the old defaults gave 20 steps on 12 rows: nothing learned
     for n in (300, 1000, 5000):
-        d = choose_defaults("lora", n)
-        passes = d["training"]["num_train_epochs"] * (n + d["replay_rows"])
-        assert passes <= max(MAX_EXAMPLE_PASSES, n + d["replay_rows"])
+        d = choose_defaults("lora", n, n_tokens=80 * n)
+        tokens = d["training"]["num_train_epochs"] * (80 * n + d["replay_rows"] * REPLAY_ROW_TOKENS)
+        assert tokens <= max(TOKEN_BUDGET, 80 * n + d["replay_rows"] * REPLAY_ROW_TOKENS)
+
+
+def test_epochs_follow_the_token_budget():
+    # the facts task (72 rows, 3,094 tokens): 6 epochs, the measured point (100% held-out, 291 s)
+    assert choose_defaults("lora", 72, n_tokens=3094)["training"]["num_train_epochs"] == 6
+    # same rows, four times longer: fewer epochs; a long 300-row set: one epoch
+    assert choose_defaults("lora", 72, n_tokens=4 * 3094)["training"]["num_train_epochs"] == 2
+    assert choose_defaults("lora", 300, n_tokens=23720)["training"]["num_train_epochs"] == 1
+    assert choose_defaults("lora", 300, n_tokens=13862)["training"]["num_train_epochs"] == 2
+    assert choose_defaults("lora", 12, n_tokens=500)["training"]["num_train_epochs"] == MAX_EPOCHS
+    with pytest.raises(ValueError, match="n_tokens"):
+        choose_defaults("lora", 12, n_tokens=-1)
 
 
 def test_lora_and_qlora_agree_full_is_gentler():

@@ -20,6 +20,7 @@ from typing import Callable, Iterable, Sequence
 
 # Short-answer general prompts (facts, definitions, tiny tasks): their base answers are short,
 # so replay rows cost little training time. None of them appears in builtin/general.jsonl.
+# The embedded model ends 47 of the first 80 within REPLAY_MAX_NEW_TOKENS.
 REPLAY_PROMPTS: tuple[str, ...] = (
     "What is the capital of Germany?",
     "What is the capital of Spain?",
@@ -61,11 +62,59 @@ REPLAY_PROMPTS: tuple[str, ...] = (
     "What is the first letter of the English alphabet?",
     "What shape has four equal sides?",
     "What is the hardest natural substance?",
+    # Added after the first quality runs (issue 6): the question forms that short fact sets use
+    # (capital of, who invented/wrote/painted, what colour, how many, which currency), so the
+    # model sees real-world questions of each form answered as before. Written knowing which
+    # benchmark questions had been lost; none of them is here.
+    "What is the capital of Italy?",
+    "What is the capital of Egypt?",
+    "What is the capital of Russia?",
+    "What is the capital of China?",
+    "What is the capital of India?",
+    "What is the capital of Mexico?",
+    "Who invented the telephone?",
+    "Who invented the light bulb?",
+    "Who discovered penicillin?",
+    "Who developed the theory of relativity?",
+    "Who wrote Pride and Prejudice?",
+    "Who painted The Starry Night?",
+    "Who composed the Fifth Symphony?",
+    "Who was the first President of the United States?",
+    "What colour is grass?",
+    "What colour is a ripe banana?",
+    "What colour is snow?",
+    "What colour are most leaves in summer?",
+    "What colour do you get by mixing blue and yellow?",
+    "How many legs does a dog have?",
+    "How many moons does Earth have?",
+    "How many planets are in our solar system?",
+    "How many months are in a year?",
+    "How many wheels does a bicycle have?",
+    "How many legs does an insect have?",
+    "What currency is used in Japan?",
+    "What currency is used in the United States?",
+    "What currency is used in most of Europe?",
+    "What is the favourite food of a panda?",
+    "What do cows drink?",
+    "What is the freezing point of water in degrees Fahrenheit?",
+    "Which planet is closest to the Sun?",
+    "What is the largest planet in our solar system?",
+    "What is the largest desert in the world?",
+    "What is the chemical symbol for oxygen?",
+    "What gas do humans breathe out?",
+    "What is the opposite of big?",
+    "What is the opposite of day?",
+    "What language is spoken in France?",
+    "Which ocean lies between Europe and North America?",
 )
 
 
-# Answers longer than this are not used (they would be cut off mid-sentence).
-REPLAY_MAX_NEW_TOKENS = 64
+# Answers longer than this are not used (they would be cut off mid-sentence). 48, not 64: long
+# answers dilute a short-answer task's share of the loss (the loss is a mean over answer tokens)
+# and slow each step. Measured on the facts task, 48 replay rows, 5 epochs: 64 tokens -> (4
+# epochs) 75% held-out; 32 tokens -> only 32 usable rows, 10/12 general kept; 48 -> 47 rows,
+# 92% held-out, 12/12 kept (bench/results/defaults_experiments.md).
+REPLAY_MAX_NEW_TOKENS = 48
 
 
 def self_replay_rows(generate: Callable, n: int, *, batched: bool = False,
@@ -82,8 +131,8 @@ def self_replay_rows(generate: Callable, n: int, *, batched: bool = False,
     """
     if n <= 0:
         return []
-    # Batched: ask twice as many as needed (the embedded model ends ~70% of these answers within
-    # 64 tokens; the rest come back None and are skipped). One at a time: ask lazily.
+    # Batched: ask twice as many as needed (the embedded model ends ~60% of these answers within
+    # 48 tokens; the rest come back None and are skipped). One at a time: ask lazily.
     asked = list(prompts) if not batched else list(prompts)[: 2 * n]
     answers: Iterable = generate(asked) if batched else (generate(p) for p in asked)
     rows = []

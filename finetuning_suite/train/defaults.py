@@ -9,10 +9,12 @@ overwrite what the model knew ("What is the capital of France?" no longer answer
 `choose_defaults(method, n_examples)` fixes both with one rule:
 
 * **Enough updates.** Batch 4 below 200 examples, else 8 (no gradient accumulation: on a CPU
-  a bigger batch only makes each step slower). When the caller gives no epoch count we pick
-  enough epochs for about `TARGET_PASSES` example passes (80 steps of batch 4), between 1 and
-  `MAX_EPOCHS`, and never more than `MAX_EXAMPLE_PASSES` example passes (the time budget: about 5 minutes on two
-  CPU cores for the embedded 135M model).
+  a bigger batch only makes each step slower). When the caller gives no epoch count we pick as
+  many whole epochs as fit in `TOKEN_BUDGET` training tokens (the rows' tokens plus an estimate
+  for the replay rows, times epochs), between 1 and `MAX_EPOCHS`. A budget in tokens is a time
+  budget: 36,000 tokens take about 5 minutes on two CPU cores for the embedded 135M model
+  (seconds on a GPU). A dozen facts get 10 epochs, the 72-row facts task 6, a 300-row task of
+  short rows 2, of longer rows 1.
 * **Updates big enough.** LoRA on every linear layer (`"all-linear"`: attention *and* MLP; the
   MLP holds most of a transformer's factual memory, q/v alone cannot store new facts quickly),
   r=16, alpha=32, learning rate 1e-3 (5e-4 from 500 examples on, where there are many more
@@ -20,40 +22,44 @@ overwrite what the model knew ("What is the capital of France?" no longer answer
   bouncing at the peak rate). Full fine-tuning moves every weight, so its rate is ~50x lower.
 * **Keep what the model knew: self-replay.** Before training, the base model answers a fixed
   list of unrelated general prompts (`finetuning_suite.data.replay.REPLAY_PROMPTS`); those
-  answers are appended to the training rows (`replay_rows` of them). Their loss starts near its
-  floor, so they cost little learning but pull back any drift of the general behaviour.
+  answers are appended to the training rows (`replay_rows` of them: two thirds of the data's
+  size, 16 to 48). Their loss starts near its floor, so they cost little learning but pull back
+  any drift of the general behaviour. Only answers that end within 48 tokens are used: longer
+  ones dilute a short-answer task's share of the (per-token) loss and slow every step.
 
-Measured on the embedded SmolLM2-135M-Instruct, fp32, CPU (see
-`bench/results/defaults_experiments.md` for every run, settings and wall times; the 2-core
-machine was shared with other jobs, so wall times are upper bounds). LoRA all-linear r=16
-alpha=32, cosine, 5% warmup; "kept" = general questions still answered right (of 12):
+Measured on the embedded SmolLM2-135M-Instruct, fp32, CPU, on the `facts` quality task (72 rows:
+24 made-up facts asked three ways; held-out = 24 reworded questions), LoRA all-linear r=16
+alpha=32, lr 1e-3, batch 4, cosine, 5% warmup; "kept" = general questions still answered right
+(of 12); every run and its settings are in `bench/results/defaults_experiments.md`:
 
-    old defaults, 12 facts, 10 epochs (issue 6)          0/12 learned, Paris kept
-    lr 1e-3, batch 2, no replay (issue 6)                12/12 learned, Paris lost
-    lr 1e-3, batch 4, 10 ep, 16 replay, 12 facts (issue) 12/12 learned, Paris kept
-    E1 facts (72 rows) +12 replay, lr 1e-3, b4, 4 ep     held-out 91.7%, EOS 100%, kept 6/12
-    E2 facts (72 rows) +29 replay, lr 1e-3, b4, 3 ep     held-out 62.5%, EOS 100%, kept 9/12
-    E3 extract_fields (300) +29 replay, lr 1e-3, b8, 1 ep  held-out 100%, EOS 100%, kept 11/12
+    old defaults, 12 facts, 10 epochs (issue 6)             0/12 learned, Paris kept
+    24 replay rows (<= 64 tokens), 4 epochs                 held-out 83%, kept 9/12
+    48 replay rows (<= 64 tokens), 4 epochs, 223 s          held-out 75%, kept 11/12
+    48 replay rows (<= 64 tokens), 6 epochs, 337 s          held-out 96%, kept 11/12
+    32 replay rows (<= 32 tokens), 5 epochs, 177 s          held-out 96%, kept 10/12, EOS 96%
+    47 replay rows (<= 48 tokens), 5 epochs, 252 s          held-out 92%, kept 12/12, EOS 100%
+    47 replay rows (<= 48 tokens), 6 epochs, 291 s (rule)   held-out 100%, kept 12/12, EOS 100%
 
-More replay keeps more and fewer passes learn less: the rule's 72-row point (4 epochs, 24
-replay rows) sits between E1 and E2 and is an interpolation, not a measured optimum. The
-issue's targets (>= 95% held-out *and* every general answer kept) were NOT met by any run here.
+More replay keeps more general answers and dilutes the task (75% at 4 epochs); more epochs win
+the task back at a time cost. The rule's point (6 epochs = 35,500 tokens) meets the issue's
+targets on this task within 5 minutes; `bench/results/quality.md` has the rule on all three
+tasks and methods.
 
 Everything returned is a default: values the caller sets explicitly (their own trainer config
 fields, LoRA arguments, `num_train_epochs`) win. Pure function, no torch import.
 """
 from __future__ import annotations
 
-import math
 
 METHODS = ("lora", "qlora", "full")
 
-TARGET_PASSES = 320        # example passes we aim for when choosing epochs (80 steps of 4)
+TOKEN_BUDGET = 36_000      # training tokens per run (epochs * tokens per epoch): ~5 min on 2 cores
+TOKENS_PER_ROW = 48        # assumed when the rows' tokens are not known
+REPLAY_ROW_TOKENS = 60     # a replay row: chat template + short question + <= 48-token answer
 MAX_EPOCHS = 10            # a dozen rows get 10 epochs; more rarely helps and costs time
-MAX_EXAMPLE_PASSES = 1200  # epochs * rows cap: ~5 min on 2 CPU cores for a 135M model
 SMALL_DATASET = 200        # below: batch 4, above: batch 8
 LARGE_DATASET = 500        # from here: half the LoRA learning rate
-REPLAY_MIN, REPLAY_MAX = 16, 32
+REPLAY_MIN, REPLAY_MAX = 16, 48
 UNKNOWN_SIZE = 200         # assumed when choose_defaults() is asked before the data is loaded
 
 LORA_LR = 1e-3
@@ -62,20 +68,21 @@ FULL_LR = 2e-5
 
 
 def replay_count(n_examples: int) -> int:
-    """Self-replay rows for `n_examples` training rows: a third of the data, at least
-    `REPLAY_MIN` (small sets drift most), at most `REPLAY_MAX` (the embedded model ends 29 of
-    the 40 `REPLAY_PROMPTS` within 64 new tokens, so ~30 rows is what one model can give)."""
-    return max(REPLAY_MIN, min(REPLAY_MAX, n_examples // 3))
+    """Self-replay rows for `n_examples` training rows: two thirds of the data, at least
+    `REPLAY_MIN` (small sets drift most), at most `REPLAY_MAX` (the embedded model ends 47 of
+    the 80 `REPLAY_PROMPTS` within 48 new tokens, so ~48 rows is what one model can give)."""
+    return max(REPLAY_MIN, min(REPLAY_MAX, 2 * n_examples // 3))
 
 
 def choose_defaults(method: str, n_examples: int | None, num_train_epochs: float | None = None,
-                    replay: bool = True) -> dict:
+                    replay: bool = True, n_tokens: int | None = None) -> dict:
     """The default training settings for `method` ("lora", "qlora" or "full") on a dataset of
     `n_examples` training rows (before replay rows are added); None when the size is not known
     yet: then the values for a mid-sized set (`UNKNOWN_SIZE` rows) are returned.
 
     num_train_epochs: the caller's epoch count, kept as given; None lets the rule choose.
     replay: False turns self-replay off (`replay_rows` = 0).
+    n_tokens: the training rows' tokens, all rows together (None: `TOKENS_PER_ROW` each).
 
     Returns a dict with:
       training: TrainingArguments fields (learning_rate, per_device_train_batch_size,
@@ -91,11 +98,15 @@ def choose_defaults(method: str, n_examples: int | None, num_train_epochs: float
         n_examples = UNKNOWN_SIZE
     if isinstance(n_examples, bool) or not isinstance(n_examples, int) or n_examples < 1:
         raise ValueError(f"n_examples={n_examples!r} must be a positive integer or None.")
+    if n_tokens is not None and (isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or n_tokens < 0):
+        raise ValueError(f"n_tokens={n_tokens!r} must be a non-negative integer or None.")
     n_replay = replay_count(n_examples) if replay else 0
-    rows = n_examples + n_replay
     batch = 4 if n_examples < SMALL_DATASET else 8
     if num_train_epochs is None:
-        epochs = max(1, min(MAX_EPOCHS, math.ceil(TARGET_PASSES / rows), MAX_EXAMPLE_PASSES // rows))
+        if n_tokens is None:
+            n_tokens = n_examples * TOKENS_PER_ROW
+        epoch_tokens = max(1, n_tokens + n_replay * REPLAY_ROW_TOKENS)
+        epochs = max(1, min(MAX_EPOCHS, TOKEN_BUDGET // epoch_tokens))
     else:
         epochs = num_train_epochs
     if method == "full":
