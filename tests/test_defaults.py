@@ -58,7 +58,9 @@ def test_epochs_follow_the_token_budget():
     # same rows, four times longer: fewer epochs; a long 300-row set: one epoch
     assert choose_defaults("lora", 72, n_tokens=4 * 3094)["training"]["num_train_epochs"] == 2
     assert choose_defaults("lora", 300, n_tokens=23720)["training"]["num_train_epochs"] == 1
-    assert choose_defaults("lora", 300, n_tokens=13862)["training"]["num_train_epochs"] == 2
+    # from 200 rows on, one epoch whatever the tokens (snake_case: 2 epochs lost 4 general answers)
+    assert choose_defaults("lora", 300, n_tokens=13862)["training"]["num_train_epochs"] == 1
+    assert choose_defaults("lora", 199, n_tokens=199 * 40)["training"]["num_train_epochs"] == 3
     assert choose_defaults("lora", 12, n_tokens=500)["training"]["num_train_epochs"] == MAX_EPOCHS
     with pytest.raises(ValueError, match="n_tokens"):
         choose_defaults("lora", 12, n_tokens=-1)

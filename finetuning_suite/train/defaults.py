@@ -9,12 +9,14 @@ overwrite what the model knew ("What is the capital of France?" no longer answer
 `choose_defaults(method, n_examples)` fixes both with one rule:
 
 * **Enough updates.** Batch 4 below 200 examples, else 8 (no gradient accumulation: on a CPU
-  a bigger batch only makes each step slower). When the caller gives no epoch count we pick as
-  many whole epochs as fit in `TOKEN_BUDGET` training tokens (the rows' tokens plus an estimate
-  for the replay rows, times epochs), between 1 and `MAX_EPOCHS`. A budget in tokens is a time
-  budget: 36,000 tokens take about 5 minutes on two CPU cores for the embedded 135M model
-  (seconds on a GPU). A dozen facts get 10 epochs, the 72-row facts task 6, a 300-row task of
-  short rows 2, of longer rows 1.
+  a bigger batch only makes each step slower). When the caller gives no epoch count: from
+  `SMALL_DATASET` rows on, one epoch (each pattern is seen often enough in one pass; a second
+  pass over a narrow task costs general answers: snake_case, 300 rows, 2 epochs lost 4 of 12).
+  Below that, as many whole epochs as fit in `TOKEN_BUDGET` training tokens (the rows' tokens
+  plus an estimate for the replay rows, times epochs), between 1 and `MAX_EPOCHS`: small sets
+  need repetition to be learned. A budget in tokens is a time budget: 36,000 tokens take about
+  5 minutes on two CPU cores for the embedded 135M model (seconds on a GPU). A dozen facts get
+  10 epochs, the 72-row facts task 6.
 * **Updates big enough.** LoRA on every linear layer (`"all-linear"`: attention *and* MLP; the
   MLP holds most of a transformer's factual memory, q/v alone cannot store new facts quickly),
   r=16, alpha=32, learning rate 1e-3 (5e-4 from 500 examples on, where there are many more
@@ -57,7 +59,7 @@ TOKEN_BUDGET = 36_000      # training tokens per run (epochs * tokens per epoch)
 TOKENS_PER_ROW = 48        # assumed when the rows' tokens are not known
 REPLAY_ROW_TOKENS = 60     # a replay row: chat template + short question + <= 48-token answer
 MAX_EPOCHS = 10            # a dozen rows get 10 epochs; more rarely helps and costs time
-SMALL_DATASET = 200        # below: batch 4, above: batch 8
+SMALL_DATASET = 200        # below: batch 4 and epochs from TOKEN_BUDGET; from here: batch 8, 1 epoch
 LARGE_DATASET = 500        # from here: half the LoRA learning rate
 REPLAY_MIN, REPLAY_MAX = 16, 48
 UNKNOWN_SIZE = 200         # assumed when choose_defaults() is asked before the data is loaded
@@ -102,7 +104,9 @@ def choose_defaults(method: str, n_examples: int | None, num_train_epochs: float
         raise ValueError(f"n_tokens={n_tokens!r} must be a non-negative integer or None.")
     n_replay = replay_count(n_examples) if replay else 0
     batch = 4 if n_examples < SMALL_DATASET else 8
-    if num_train_epochs is None:
+    if num_train_epochs is None and n_examples >= SMALL_DATASET:
+        epochs = 1
+    elif num_train_epochs is None:
         if n_tokens is None:
             n_tokens = n_examples * TOKENS_PER_ROW
         epoch_tokens = max(1, n_tokens + n_replay * REPLAY_ROW_TOKENS)
