@@ -21,7 +21,9 @@ overwrite what the model knew ("What is the capital of France?" no longer answer
   MLP holds most of a transformer's factual memory, q/v alone cannot store new facts quickly),
   r=16, alpha=32, learning rate 1e-3 (5e-4 from 500 examples on, where there are many more
   steps), 5% warmup then cosine decay to zero (the decay lets the last steps settle instead of
-  bouncing at the peak rate). Full fine-tuning moves every weight, so its rate is ~50x lower.
+  bouncing at the peak rate). Full fine-tuning moves every weight, so its rate is 20x lower:
+  5e-5 (facts task, 6 epochs: 2e-5 learned 50% of the held-out questions and kept 12/12
+  general answers, 5e-5 100% and 10/12, 1e-4 100% and 8/12).
 * **Keep what the model knew: self-replay.** Before training, the base model answers a fixed
   list of unrelated general prompts (`finetuning_suite.data.replay.REPLAY_PROMPTS`); those
   answers are appended to the training rows (`replay_rows` of them: two thirds of the data's
@@ -66,7 +68,7 @@ UNKNOWN_SIZE = 200         # assumed when choose_defaults() is asked before the 
 
 LORA_LR = 1e-3
 LORA_LR_LARGE = 5e-4
-FULL_LR = 2e-5
+FULL_LR = 5e-5    # measured on facts: 2e-5 learned 50%, 5e-5 100% (10/12 kept), 1e-4 100% (8/12)
 
 
 def replay_count(n_examples: int) -> int:
