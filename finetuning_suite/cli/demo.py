@@ -4,8 +4,9 @@ show that it learned (exact match on held-out dates, before and after).
     make run                                   # = .venv/bin/finetune demo
     .venv/bin/finetune demo --epochs 1 --eval-limit 20 --output-dir runs/x
 
-About 5 minutes on 2 CPU cores. The base model answers "March 5, 2021" with prose or a wrong
-date; after one short LoRA run it answers "2021-03-05".
+About 5 minutes on 2 CPU cores (measured: 4 min 39 s, 190 s of it training, 0% -> 100% exact
+match). The base model answers "March 5, 2021" with prose or a wrong date; after one epoch of
+LoRA with the default settings it answers "2021-03-05".
 """
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", default="runs/iso_dates", help="where the adapter and run config go")
-    parser.add_argument("--epochs", type=float, default=2.0, help="training epochs (default 2)")
+    parser.add_argument("--epochs", type=float, default=None,
+                        help="training epochs (default: the defaults' rule, 1 epoch for these 480 rows)")
     parser.add_argument("--eval-limit", type=int, default=60, help="held-out prompts to score (default: all 60)")
     parser.add_argument("--samples", type=int, default=6, help="before/after samples to print")
     args = parser.parse_args(argv)
