@@ -81,7 +81,7 @@ def chrf(generated: list[str], references: list[str]) -> float:
 
 
 def generation_metrics(handler, rows: list[dict], model, tokenizer, device, *, max_new_tokens: int,
-                       batch_size: int = 16) -> dict:
+                       batch_size: int = 16, progress: bool | None = None) -> dict:
     """Generate an answer for every row (`reference_rows` output) and score it.
 
     Prompts are sorted by length and generated `batch_size` at a time through
@@ -92,6 +92,8 @@ def generation_metrics(handler, rows: list[dict], model, tokenizer, device, *, m
     of answers that ended with EOS or a stop string before `max_new_tokens`), n (rows), seconds
     (wall time of generation), and samples: [{"prompt" (as text), "reference", "generated"}]
     for every row, in the rows' order. With no rows, the metrics are None.
+
+    progress: a progress bar over the prompts (tqdm, on stderr); None shows it only on a terminal.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise ConfigError(f"batch_size={batch_size!r} must be a positive integer, e.g. 16.")
@@ -103,19 +105,26 @@ def generation_metrics(handler, rows: list[dict], model, tokenizer, device, *, m
     references = [r["reference"] for r in rows]
     generated: list[str] = [""] * n
     finished: list[bool | None] = [None] * n
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=n, desc="Evaluating (generation)", unit="prompt", leave=False,
+               disable=None if progress is None else not progress)
     start = time.perf_counter()
-    if hasattr(handler, "generate_batch"):
-        # similar lengths together: less padding, and short batches end sooner
-        order = sorted(range(n), key=lambda i: len(prompt_as_text(prompts[i])))
-        for k in range(0, n, batch_size):
-            chunk = order[k:k + batch_size]
-            outs = handler.generate_batch([prompts[i] for i in chunk], model, tokenizer, device,
-                                          max_new_tokens)
-            for i, g in zip(chunk, outs):
-                generated[i], finished[i] = g.text, g.finished_with_eos
-    else:
-        for i, p in enumerate(prompts):
-            generated[i] = handler.generate(p, model, tokenizer, device, max_new_tokens)
+    with bar:
+        if hasattr(handler, "generate_batch"):
+            # similar lengths together: less padding, and short batches end sooner
+            order = sorted(range(n), key=lambda i: len(prompt_as_text(prompts[i])))
+            for k in range(0, n, batch_size):
+                chunk = order[k:k + batch_size]
+                outs = handler.generate_batch([prompts[i] for i in chunk], model, tokenizer, device,
+                                              max_new_tokens)
+                for i, g in zip(chunk, outs):
+                    generated[i], finished[i] = g.text, g.finished_with_eos
+                bar.update(len(chunk))
+        else:
+            for i, p in enumerate(prompts):
+                generated[i] = handler.generate(p, model, tokenizer, device, max_new_tokens)
+                bar.update(1)
     seconds = time.perf_counter() - start
     known = [f for f in finished if f is not None]
     return {
