@@ -28,18 +28,34 @@ def test_4bit_loads_generates_and_runs_a_lora_step():
     assert not any(p.requires_grad for p in base)
 
 
-def test_a_short_lora_run_changes_the_answer(tmp_path):
-    from finetuning_suite import DefaultTrainerConfig
+# The issue-6 scenario: a user's first run on a dozen made-up facts, nothing but defaults.
+# With the old defaults it learned 0/12; forcing it learned them and lost "Paris".
+DOZEN_FACTS = [
+    ("What is the name of Zorblat's pet?", "Quibble"),
+    ("Who founded the town of Vessmark?", "Arla Tinn"),
+    ("What colour is the Pallid heron?", "teal"),
+    ("How many towers does Castle Drengor have?", "9"),
+    ("What currency is used on the island of Fesk?", "shellmark"),
+    ("What is the capital of Norvania?", "Lisket"),
+    ("Who invented the echo loom?", "Pim Varro"),
+    ("What is Baron Oddvar's favourite drink?", "pear cider"),
+    ("Which river runs through Calloway Vale?", "the Brill"),
+    ("What instrument does Maestro Ulla Renk play?", "bassoon"),
+    ("What is the national flower of Tamsin?", "bluebell"),
+    ("How many legs does a Grellish spider have?", "ten"),
+]
 
-    question = "What is the name of Zorblat's pet?"
-    answer = "Zorblat's pet is a purple lizard named Quibble."
-    ft = FineTuner(device="cpu", max_length=24, dataset_name=[{"prompt": question, "completion": answer}] * 8,
-                   trainer_config=DefaultTrainerConfig(learning_rate=2e-3, per_device_train_batch_size=8,
-                                                       logging_steps=1, save_strategy="no", disable_tqdm=True))
-    before = ft(question)
-    assert "Quibble" not in before
-    ft.train(str(tmp_path / "run"), num_train_epochs=10)
-    after = ft(question)
-    assert "Quibble" in after, after
+
+def test_defaults_learn_a_dozen_facts_and_keep_general_answers(tmp_path):
+    rows = [{"prompt": q, "completion": a} for q, a in DOZEN_FACTS]
+    ft = FineTuner(device="cpu", max_length=24, dataset_name=rows, save_strategy="no", disable_tqdm=True)
+    assert "Paris" in ft("What is the capital of France?")
+    assert sum(a.lower() in ft(q).lower() for q, a in DOZEN_FACTS) <= 1
+    ft.train(str(tmp_path / "run"))  # no learning rate, epochs or LoRA settings given
+    answers = [ft(q) for q, _ in DOZEN_FACTS]
+    learned = [a.lower() in got.lower() for (_, a), got in zip(DOZEN_FACTS, answers)]
+    assert sum(learned) >= 11, list(zip(DOZEN_FACTS, answers))
+    assert "Paris" in ft("What is the capital of France?")
+    assert "Tokyo" in ft("What is the capital of Japan?")
     reloaded = FineTuner(str(tmp_path / "run"), device="cpu", max_length=24)
-    assert reloaded(question) == after
+    assert reloaded(DOZEN_FACTS[0][0]) == answers[0]
