@@ -23,7 +23,7 @@ overwrite what the model knew ("What is the capital of France?" no longer answer
   steps), 5% warmup then cosine decay to zero (the decay lets the last steps settle instead of
   bouncing at the peak rate). Full fine-tuning moves every weight, so its rate is 20x lower:
   5e-5 (facts task, 6 epochs: 2e-5 learned 50% of the held-out questions and kept 12/12
-  general answers, 5e-5 100% and 10/12, 1e-4 100% and 8/12).
+  general answers, 3e-5 75% and 11/12, 5e-5 100% and 10/12, 1e-4 100% and 8/12).
 * **Keep what the model knew: self-replay.** Before training, the base model answers a fixed
   list of unrelated general prompts (`finetuning_suite.data.replay.REPLAY_PROMPTS`); those
   answers are appended to the training rows (`replay_rows` of them: two thirds of the data's
