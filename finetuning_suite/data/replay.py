@@ -110,10 +110,8 @@ REPLAY_PROMPTS: tuple[str, ...] = (
 
 
 # Answers longer than this are not used (they would be cut off mid-sentence). 48, not 64: long
-# answers dilute a short-answer task's share of the loss (the loss is a mean over answer tokens)
-# and slow each step. Measured on the facts task, 48 replay rows, 5 epochs: 64 tokens -> (4
-# epochs) 75% held-out; 32 tokens -> only 32 usable rows, 10/12 general kept; 48 -> 47 rows,
-# 92% held-out, 12/12 kept (bench/results/defaults_experiments.md).
+# answers take most of a short-answer task's (per-token) loss and slow each step; 32 leaves too
+# few usable rows. Measured on the facts task: bench/results/defaults_experiments.md.
 REPLAY_MAX_NEW_TOKENS = 48
 
 

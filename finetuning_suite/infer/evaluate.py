@@ -81,7 +81,7 @@ def chrf(generated: list[str], references: list[str]) -> float:
 
 
 def generation_metrics(handler, rows: list[dict], model, tokenizer, device, *, max_new_tokens: int,
-                       batch_size: int = 16, progress: bool | None = None) -> dict:
+                       batch_size: int = 16) -> dict:
     """Generate an answer for every row (`reference_rows` output) and score it.
 
     Prompts are sorted by length and generated `batch_size` at a time through
@@ -92,8 +92,7 @@ def generation_metrics(handler, rows: list[dict], model, tokenizer, device, *, m
     of answers that ended with EOS or a stop string before `max_new_tokens`), n (rows), seconds
     (wall time of generation), and samples: [{"prompt" (as text), "reference", "generated"}]
     for every row, in the rows' order. With no rows, the metrics are None.
-
-    progress: a progress bar over the prompts (tqdm, on stderr); None shows it only on a terminal.
+    A progress bar over the prompts is shown on a terminal (tqdm, stderr).
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise ConfigError(f"batch_size={batch_size!r} must be a positive integer, e.g. 16.")
@@ -107,8 +106,7 @@ def generation_metrics(handler, rows: list[dict], model, tokenizer, device, *, m
     finished: list[bool | None] = [None] * n
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=n, desc="Evaluating (generation)", unit="prompt", leave=False,
-               disable=None if progress is None else not progress)
+    bar = tqdm(total=n, desc="Evaluating (generation)", unit="prompt", leave=False, disable=None)
     start = time.perf_counter()
     with bar:
         if hasattr(handler, "generate_batch"):
