@@ -1,129 +1,118 @@
 """From `FineTuner(...)`'s arguments to one validated `FinetuneConfig`.
 
-The spec's arguments (its `["q", "v"]` / `SEQ_2_SEQ_LM` defaults left alone mean "the model's
-own choice"), any other config option given by name, the settings saved in a trained run folder
-passed as `model_id` (so it reloads as it was trained), and a `DefaultTrainerConfig`'s training
-arguments are merged here; every problem is collected into one `ConfigError`.
+Which arguments a call *gave* is recorded by name (`records_given`), never guessed from values:
+`FineTuner("runs/x", max_length=1000)` gives max_length even though 1000 is its default. The
+merge, in rising precedence: the configuration's defaults; the settings saved in a trained run
+folder passed as `model_id` (so it reloads as it was trained); everything given (keyword
+arguments, a `DefaultTrainerConfig`'s fields). The spec's `["q", "v"]` / `SEQ_2_SEQ_LM`
+defaults, when not given, mean "the model's own choice". The result goes through the one
+validation (`config.checks`) plus this machine's checks; every problem is collected into one
+`ConfigError`.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import os
+import typing
 
-from .config import FinetuneConfig
-from .data.sources import check_source
+from .config import FinetuneConfig, check_machine, coerce_to, option_fields, problems_of
+from .config.values import unwrap_optional
 from .errors import ConfigError, FineTuningError, Problems
-from .model.device import parse_dtype, resolve_device
 from .model.loading import saved_settings
-from .model.lora import SPEC_TARGET_MODULES, SPEC_TASK_TYPE, validate_lora_targets
-from .model.quantization import validate_quantization_config
 from .train.trainer_config import DefaultTrainerConfig
 
 # Settings a trained run folder carries over when it is loaded again (so it generates and
-# trains on as it was trained); the caller's explicit arguments still win.
-_INHERITED = ("method", "quantize", "quantization_config", "dtype", "max_length", "format",
-              "column_map", "max_seq_length", "train_on_inputs", "use_chat_template", "do_sample",
-              "temperature", "top_p", "top_k", "repetition_penalty", "num_beams", "system_prompt")
+# trains on as it was trained); anything given explicitly wins.
+INHERITED = ("method", "quantize", "quantization_config", "dtype", "max_length", "format",
+             "column_map", "max_seq_length", "train_on_inputs", "use_chat_template", "do_sample",
+             "temperature", "top_p", "top_k", "repetition_penalty", "num_beams", "system_prompt")
 PLUGINS = (("preprocessor", "__call__", "DefaultPreprocessor()"),
-            ("trainer_config", "build_trainer", "DefaultTrainerConfig()"),
-            ("inference_handler", "generate", "DefaultInferenceHandler()"))
+           ("trainer_config", "build_trainer", "DefaultTrainerConfig()"),
+           ("inference_handler", "generate", "DefaultInferenceHandler()"))
+GENERATION_SETTINGS = ("do_sample", "temperature", "top_p", "top_k", "repetition_penalty",
+                       "num_beams", "use_chat_template", "system_prompt")
+
+
+def records_given(init):
+    """Wrap `__init__` so that the arguments a call passed, by name (keyword or positional,
+    `**options` included), are in `self._given` when the body runs; the signature is kept."""
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def wrapper(self, *args, **kwargs):
+        bound = signature.bind(self, *args, **kwargs)
+        given = {k: v for k, v in bound.arguments.items() if k not in ("self", "options")}
+        given.update(bound.arguments.get("options", {}))
+        self._given = given
+        return init(self, *args, **kwargs)
+
+    return wrapper
 
 
 def generation_settings(cfg: FinetuneConfig) -> dict:
-    g = cfg.generation
-    return dict(do_sample=g.do_sample, temperature=g.temperature, top_p=g.top_p, top_k=g.top_k,
-                repetition_penalty=g.repetition_penalty, num_beams=g.num_beams,
-                use_chat_template=cfg.data.use_chat_template, system_prompt=g.system_prompt)
+    return {name: cfg.get(name) for name in GENERATION_SETTINGS}
 
 
-def build_config(given: dict, options: dict, signature_of) -> FinetuneConfig:
-    """The validated FinetuneConfig for FineTuner's arguments: the spec's arguments (spec
-    defaults left alone mean "the model's own choice"), any other option by name, the settings of
-    a trained run folder passed as model_id, and a DefaultTrainerConfig's training arguments.
-    Every problem is collected and raised in one ConfigError."""
-    problems = Problems("FineTuner")
-    objects = {name: given.pop(name) for name, _, _ in PLUGINS}
+def _check_plugins(problems: Problems, objects: dict) -> None:
     for name, method, example in PLUGINS:
-        value = objects[name]
+        value = objects.get(name)
         if value is None:
             continue
         if isinstance(value, type):
             problems.add(name, value, f"is a class; pass an instance, e.g. {name}={example}.")
         elif not callable(getattr(value, method, None)):
             problems.add(name, value, f"has no {method}() method; pass an object like {example}.")
-    validate_lora_targets(problems, lora_target_modules=given["lora_target_modules"],
-                          lora_task_type=given["lora_task_type"])
-    model_id = given["model_id"]
+    trainer_config = objects.get("trainer_config")
+    call = getattr(trainer_config, "training_arguments", None)
+    if trainer_config is not None and not isinstance(trainer_config, type) and callable(call):
+        params = inspect.signature(call).parameters
+        if "defaults" not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            problems.add("trainer_config", trainer_config, "its training_arguments() takes no "
+                         "`defaults` keyword, which the TrainerConfig protocol declares (the "
+                         "settings chosen from the data); add `defaults=None` to its signature.")
+
+
+def build_config(given: dict) -> FinetuneConfig:
+    """The validated FinetuneConfig for the arguments a `FineTuner(...)` call gave (by name).
+    Plug-in objects are left in `given`; every problem is raised in one ConfigError."""
+    problems = Problems("FineTuner")
+    flat = {k: v for k, v in given.items() if k not in dict.fromkeys(n for n, _, _ in PLUGINS)}
+    _check_plugins(problems, given)
+    model_id = flat.get("model_id")
     if model_id is not None and not isinstance(model_id, (str, os.PathLike)):
         problems.add("model_id", model_id, "must be a hub id, a local folder or .gguf path, or None "
                      "for the embedded model.")
         model_id = None
-    flat: dict = {}
     try:
         saved = saved_settings(model_id)
     except FineTuningError as exc:
         problems.items.append(str(exc))
         saved = {}
-    flat.update({k: v for k, v in saved.items() if k in _INHERITED})
-    defaults = {name: p.default for name, p in inspect.signature(signature_of).parameters.items()}
-    for name, value in given.items():
-        if name in flat and _same(value, defaults.get(name)):
-            continue  # left at its default: the run folder's setting stands
-        flat[name] = value
-    flat["lora_target_modules"] = _targets(given["lora_target_modules"])
-    task = given["lora_task_type"]
-    flat["lora_task_type"] = None if task is SPEC_TASK_TYPE else task
-    trainer_config = objects["trainer_config"]
+    named = dict(flat)
+    if "lora_task_type" in named:  # a TaskType member, as its name
+        named["lora_task_type"] = getattr(named["lora_task_type"], "value", named["lora_task_type"])
+    for name, value in list(named.items()):  # a list option given as a tuple or one string of names
+        if isinstance(value, (str, tuple)) and name in option_fields() and \
+                typing.get_origin(unwrap_optional(option_fields()[name][1])[0]) is list:
+            named[name] = coerce_to(option_fields()[name][1], value)
+    trainer_config = given.get("trainer_config")
     if isinstance(trainer_config, DefaultTrainerConfig):
-        clash = {k for k in trainer_config.training_args if k in options
-                 and options[k] != trainer_config.training_args[k]}
-        for name in sorted(clash):
-            problems.add(name, options[name], f"differs from trainer_config's {name}="
+        for name in sorted(k for k in trainer_config.training_args
+                           if k in named and named[k] != trainer_config.training_args[k]):
+            problems.add(name, named[name], f"differs from trainer_config's {name}="
                          f"{trainer_config.training_args[name]!r}; give it in one place.")
-        flat.update(trainer_config.training_args)
-    if isinstance(options.get("lora_target_modules"), list):
-        options["lora_target_modules"] = _targets(options["lora_target_modules"])
-    flat.update(options)
-    if flat.get("quantize") and flat.get("method", "lora") == "lora":
-        flat["method"] = "qlora"
-    for issue in validate_quantization_config(flat.get("quantization_config")):
-        problems.add("quantization_config", flat.get("quantization_config"), issue)
-    issue = check_source(flat.get("dataset_name"))
-    if issue:
-        problems.add("dataset_name", flat.get("dataset_name"), issue)
+        named.update(trainer_config.training_args)
+    merged = {k: v for k, v in saved.items() if k in INHERITED and k not in named}
+    merged.update(named)
+    if merged.get("quantize") is True and merged.get("method", "lora") == "lora":
+        merged["method"] = "qlora"
     try:
-        config = FinetuneConfig.from_flat(flat, where="FineTuner")
+        config = FinetuneConfig.from_flat(merged, where="FineTuner", given=named)
     except ConfigError as exc:
         problems.items.append(str(exc))
         problems.raise_if_any()
-    try:
-        config.validate("FineTuner")
-    except ConfigError as exc:
-        problems.items.extend(line.strip()[2:] for line in str(exc).splitlines()[1:])
-    if config.model.dtype is not None:
-        try:
-            parse_dtype(config.model.dtype, "dtype")
-        except ConfigError as exc:
-            problems.items.append(str(exc))
-    try:
-        resolve_device(config.model.device)
-    except FineTuningError as exc:
-        problems.items.append(str(exc))
+    problems.items.extend(problems_of(config).items)
+    check_machine(config, problems)
     problems.raise_if_any()
     return config
-
-
-def _targets(value):
-    """None for "the model's own choice"; a one-item ['all-linear'] (from a flag) as the string."""
-    if value is SPEC_TARGET_MODULES or value is None:
-        return None
-    if isinstance(value, (list, tuple)) and len(value) == 1 and value[0] == "all-linear":
-        return "all-linear"
-    return list(value) if isinstance(value, tuple) else value
-
-
-def _same(a, b) -> bool:
-    try:
-        return a is b or (type(a) is type(b) and a == b)
-    except Exception:  # noqa: BLE001 - odd objects compare as different
-        return False

@@ -53,16 +53,27 @@ def test_print_config_round_trips_and_flags_override_the_file(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["trian"], "unknown command 'trian' (did you mean 'train'?)"),
     (["train", "--lora_rr", "3"], "unknown option '--lora_rr' (did you mean 'lora_r'?)"),
-    (["train", "--lora_r", "abc"], "invalid int value: 'abc'"),
+    (["train", "--lora_r", "abc"], "lora_r='abc': must be the adapter rank, e.g. 16."),
     (["train", "--config", "missing.yaml"], "no such file"),
     (["train", "--learning_rate", "nan", "--print_config"], "learning_rate=nan: must be a finite number"),
-    (["train", "--method", "fast"], "invalid choice"),
+    (["train", "--method", "fast"], "method='fast': must be one of 'lora', 'qlora', 'full'."),
 ])
 def test_bad_input_is_one_message_and_exit_2(args, message):
     result = finetune(*args)
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "generate", "chat", "export", "serve", "web", "demo"])
+def test_help_on_every_subcommand(command):
+    """The first thing many users type (it used to crash on a '%' in a help text)."""
+    result = finetune(command, "--help")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("usage: ") and "Traceback" not in result.stderr
+    if command != "demo":
+        assert "--lora_r" in result.stdout and "default: 16" in result.stdout
+        assert "{lora,qlora,full}" in result.stdout  # a choice shows its values
 
 
 def test_broken_yaml_names_its_line(tmp_path):
@@ -112,6 +123,13 @@ def test_train_writes_the_run_and_the_report_then_generate_and_chat_use_it(tiny_
     steps = [r["step"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
              if "loss" in r]
     assert steps == list(range(1, 13))  # 8 steps, then 9-12 resumed from checkpoint-8
+
+    scored = finetune("eval", "--model_id", out, "--device", "cpu", "--dataset_name", data,
+                      "--limit", "4", "--output_file", tmp_path / "eval.json")
+    assert scored.returncode == 0, scored.stderr[-2000:]
+    printed, written = json.loads(scored.stdout), json.loads((tmp_path / "eval.json").read_text())
+    assert printed["n"] == written["n"] == 4 and printed["eval_split"] == "dataset argument"
+    assert len(written["samples"]) == 4 and 0 <= printed["exact_match"] <= 1 and printed["loss"] > 0
 
     gen = finetune("generate", "--model_id", out, "--device", "cpu", "--prompt", "Say red", "Say blue")
     assert gen.returncode == 0, gen.stderr[-2000:]

@@ -20,12 +20,21 @@ from finetuning_suite.web.jobs import JobRegistry, _process_matches
 
 
 # -- the form ---------------------------------------------------------------------------------
-def test_every_knob_is_a_config_field_with_its_own_help():
+def test_the_pages_knobs_show_the_configs_help_and_choices(tmp_path):
+    """The widgets the page builds (not the form's own table) carry each field's help text, its
+    starting value and, for a choice, the configuration's choices: the page cannot drift from
+    the configuration."""
+    from finetuning_suite.web.app import create_app
+
+    app = create_app(FinetuneConfig.from_flat({"lora_r": 8}), tmp_path)
+    widgets = {b.elem_id: b for b in app.blocks.values() if getattr(b, "elem_id", None)}
     fields = {f.name: f for cls in SECTIONS.values() for f in dataclasses.fields(cls)}
     for name in form.KNOBS:
-        assert form.knob(name).help == fields[name].metadata["help"] != ""
-    assert form.knob("method").choices == ("lora", "qlora", "full")
-    assert form.knob("self_replay").kind == "bool"
+        widget = widgets[f"knob-{name}"]
+        assert widget.info == fields[name].metadata["help"] != "", name
+    assert [c[0] for c in widgets["knob-method"].choices] == ["lora", "qlora", "full"]
+    assert widgets["knob-lora_r"].value == "8"  # the page's starting config, as text
+    assert widgets["knob-self_replay"].value is True
 
 
 @pytest.mark.parametrize("name, text, value", [
@@ -33,7 +42,7 @@ def test_every_knob_is_a_config_field_with_its_own_help():
     ("lora_r", "8", 8), ("lora_r", "", 16), ("lora_r", "8.5", "8.5"), ("max_steps", "-1", -1),
     ("lora_target_modules", "q_proj, v_proj", ["q_proj", "v_proj"]),
     ("column_map", "{question: prompt}", {"question": "prompt"}), ("eval_before", "true", True),
-    ("max_grad_norm", "0.5", "0.5"),  # a TrainingArguments pass-through: as given, like the CLI
+    ("max_grad_norm", "0.5", 0.5), ("adam_epsilon", "1e-8", 1e-8),  # TrainingArguments pass-through
 ])
 def test_text_becomes_the_fields_type_or_stays_for_validation(name, text, value):
     assert form.coerce(name, text) == value
@@ -169,7 +178,7 @@ def test_the_chart_draws_every_series_and_says_when_there_is_none():
 # -- the command ------------------------------------------------------------------------------
 def test_finetune_web_refuses_the_network_without_a_password(capsys, monkeypatch):
     from finetuning_suite.cli.main import main
-    from finetuning_suite.cli.web import is_loopback
+    from finetuning_suite.cli.hosts import is_loopback
 
     monkeypatch.delenv("FINETUNE_WEB_PASSWORD", raising=False)
     assert main(["web", "--host", "0.0.0.0"]) == 2

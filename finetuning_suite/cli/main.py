@@ -20,16 +20,20 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import SECTIONS, FinetuneConfig, parse_yaml_mapping, suggest, training_argument_names
+from ..config import (SECTIONS, FinetuneConfig, coerce_all, coerce_to, option_fields,
+                      parse_yaml_mapping, scalar, suggest, training_argument_names)
+from ..config.values import unwrap_optional
 from ..errors import FineTuningError
+from ..model.run_folder import checkpoints
 
 COMMANDS = {
     "train": "fine-tune a model and write the adapter (or model), config.yaml and a report",
-    "eval": "loss, perplexity and generation metrics on a dataset's eval split",
+    "eval": "loss, perplexity and generation metrics on a dataset (its validation split, else every row)",
     "generate": "generate for one prompt (--prompt) or a file of prompts (--prompts_file)",
     "chat": "talk to a model in the terminal (keeps the conversation; /reset, /exit)",
     "export": "write a merged model folder, the adapter alone, or a GGUF file (+ Ollama Modelfile)",
@@ -108,6 +112,13 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser(command: str):
+    """The parser of `finetune <command>`: flags generated from the configuration's dataclasses
+    (and the command's own) by transformers' HfArgumentParser, which also writes `--help`.
+
+    Every flag's value is read as text here, with no type or choice of argparse's own: the
+    configuration turns it into the option's type (`config.coerce`) and judges it
+    (`config.validate`), exactly as it does for YAML, the API and the web page, so a bad value
+    gets the same message wherever it was given."""
     from transformers import HfArgumentParser
 
     class Parser(HfArgumentParser, _Parser):
@@ -117,26 +128,19 @@ def build_parser(command: str):
     types = [*SECTIONS.values(), CliArguments] + ([extra] if extra is not None else [])
     parser = Parser(types, prog=f"finetune {command}", description=COMMANDS[command],
                     epilog="Any other transformers.TrainingArguments field is accepted as "
-                           "--name value.")
-    for action in parser._actions:  # mappings come as YAML/JSON text on the command line
-        if action.dest in ("quantization_config", "column_map"):
-            action.type = _mapping(action.dest)
+                           "--name value.", allow_abbrev=False)
+    # argparse reads "-2e-5" as an option (its negative-number pattern has no exponent); a value
+    # like that must reach the option before it, as "-2" and "-.5" do
+    parser._negative_number_matcher = re.compile(r"^-(\d+|\d*\.\d+|\d*\.?\d+[eE][-+]?\d+)$")
+    for action in parser._actions:
+        if action.help:  # argparse formats help with %: a literal one must be doubled
+            action.help = action.help.replace("%", "%%")
+        if action.choices is not None and action.option_strings:
+            action.metavar = "{" + ",".join(str(c) for c in action.choices) + "}"
+            action.choices = None
+        if action.type is not None:
+            action.type = None
     return parser, types
-
-
-def _mapping(name: str):
-    def parse(text: str) -> dict:
-        import yaml
-
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError:
-            value = None
-        if not isinstance(value, dict):
-            raise argparse.ArgumentTypeError(f"{name} must be a mapping such as "
-                                             "'{\"load_in_8bit\": true}', got {text!r}")
-        return value
-    return parse
 
 
 def read_yaml(path: str) -> dict:
@@ -148,53 +152,87 @@ def read_yaml(path: str) -> dict:
                               "Fix the file; `finetune train --print_config` shows the expected layout.")
 
 
+def _given_flags(parser, argv: list[str]) -> tuple[dict, list[str]]:
+    """The flags `argv` gives (dest -> value as typed) and what is left over. Defaults are
+    not filled in: an option not on the command line is not given."""
+    for action in parser._actions:
+        if action.dest != "help":
+            action.default = argparse.SUPPRESS
+    namespace, remaining = parser.parse_known_args(argv)
+    return vars(namespace), remaining
+
+
+def _command_options(types, given: dict, command: str) -> dict:
+    """The command's own options (`CliArguments`, `TrainCliArguments`, ...), given values
+    turned into their field's type, the rest at their defaults."""
+    import typing
+
+    problems, options = [], {}
+    for cls in types[len(SECTIONS):]:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name not in given:
+                options[f.name] = f.default
+                continue
+            value = coerce_to(hints[f.name], given[f.name], f.default)
+            base, optional = unwrap_optional(hints[f.name])
+            ok = (value is None and optional) or (
+                isinstance(value, bool) if base is bool else
+                isinstance(value, int) and not isinstance(value, bool) if base is int else
+                isinstance(value, list) if typing.get_origin(base) is list else isinstance(value, base))
+            if not ok:
+                problems.append(f"--{f.name} {given[f.name]!r}: must be "
+                                f"{'true or false' if base is bool else 'an integer' if base is int else 'text'}")
+            options[f.name] = value
+    if problems:
+        raise UsageError(f"finetune {command}: " + "; ".join(problems) + ".")
+    return options
+
+
 def parse_command_line(command: str, argv: list[str]) -> tuple[FinetuneConfig, dict]:
-    """(config, command options) from `--config` YAML and flags (flags win)."""
+    """(config, command options) from `--config` YAML and flags (flags win). The config's
+    `given` names are the YAML keys and the flags on the command line."""
     parser, types = build_parser(command)
+    if "-h" in argv or "--help" in argv:
+        parser.parse_args(["--help"])  # prints the help (with the defaults) and exits 0
     pre = _Parser(add_help=False, prog=f"finetune {command}")
     pre.add_argument("--config")
     known, _ = pre.parse_known_args(argv)
     from_file = read_yaml(known.config) if known.config else {}
-    dests = {action.dest for action in parser._actions}
-    unknown = [k for k in from_file if k not in dests and k not in training_argument_names()]
-    if unknown:
-        listed = ", ".join(f"{k!r}{suggest(k, dests | training_argument_names())}" for k in unknown)
-        raise UsageError(f"--config {known.config}: unknown option(s) {listed}.")
-    parser.set_defaults(**{k: v for k, v in from_file.items() if k in dests})
-    extras = {k: v for k, v in from_file.items() if k not in dests}
-    *parsed, remaining = parser.parse_args_into_dataclasses(
-        args=argv, return_remaining_strings=True, look_for_args_file=False)
-    extras.update(_training_flags(command, remaining, dests))
-    by_type = dict(zip(types, parsed))
-    config = FinetuneConfig(**{key: by_type[cls] for key, cls in SECTIONS.items()},
-                            training_extras=extras)
-    options = {}
-    for cls in types[len(SECTIONS):]:
-        options.update(dataclasses.asdict(by_type[cls]))
-    return config, options
+    flags, remaining = _given_flags(parser, argv)
+    command_names = {f.name for cls in types[len(SECTIONS):] for f in dataclasses.fields(cls)}
+    given = {**from_file, **flags}
+    extras = _training_flags(command, remaining, set(flags) | command_names | set(option_fields()))
+    flat = {k: v for k, v in given.items() if k not in command_names}
+    flat.update(extras)
+    where = f"--config {known.config}" if known.config else f"finetune {command}"
+    config = FinetuneConfig.from_flat(coerce_all(flat), where=where)
+    return config, _command_options(types, {k: v for k, v in given.items() if k in command_names},
+                                    command)
 
 
 def _training_flags(command: str, remaining: list[str], ours: set[str]) -> dict:
-    """`--name value` pairs for TrainingArguments fields that are not our own options."""
-    import yaml
-
+    """`--name value` pairs for TrainingArguments fields that are not our own options (values
+    read as YAML reads them: `1e-8` is a number)."""
     out, i = {}, 0
     names = training_argument_names()
     while i < len(remaining):
         flag = remaining[i]
         name = flag[2:].replace("-", "_") if flag.startswith("--") else None
+        value = None
+        if name is not None and "=" in name:
+            name, value = name.split("=", 1)
         if name is None or name not in names:
             hint = suggest(name, names | ours) if name else ""
             raise UsageError(f"finetune {command}: unknown option {flag!r}{hint} (see "
                              f"`finetune {command} --help`).")
-        if "=" in name:
-            name, value = name.split("=", 1)
+        if value is not None:
             i += 1
         elif i + 1 < len(remaining) and not remaining[i + 1].startswith("--"):
             value, i = remaining[i + 1], i + 2
         else:
             value, i = "true", i + 1
-        out[name] = yaml.safe_load(value)
+        out[name] = scalar(value)
     return out
 
 
@@ -208,11 +246,7 @@ def cmd_train(config: FinetuneConfig, options: dict) -> int:
         metrics = ft.train(eval_before=config.training.eval_before,
                            resume_from_checkpoint=True if options.get("resume") else None)
     except KeyboardInterrupt:
-        checkpoints = sorted(Path(out).glob("checkpoint-*")) if Path(out).is_dir() else []
-        saved = (f"the last checkpoint is {checkpoints[-1]}; continue with `finetune train "
-                 f"--config {out}/config.yaml --resume_from_checkpoint true`" if checkpoints
-                 else "no checkpoint was saved yet (save_steps)")
-        print(f"\nInterrupted: the final model was not saved; {saved}.", file=sys.stderr)
+        print(f"\n{interrupted_message(out)}", file=sys.stderr)
         return 130
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun / accelerate: rank 0 reports
         return 0
@@ -222,11 +256,24 @@ def cmd_train(config: FinetuneConfig, options: dict) -> int:
     return 0
 
 
+def interrupted_message(out: str) -> str:
+    """What Ctrl+C during `finetune train` left: the newest checkpoint (by step number:
+    checkpoint-10 after checkpoint-9) and the command that continues from it."""
+    found = checkpoints(out)
+    saved = (f"the last checkpoint is {found[-1]}; continue with `finetune train --config "
+             f"{out}/config.yaml --resume`" if found else "no checkpoint was saved yet (save_steps)")
+    return f"Interrupted: the final model was not saved; {saved}."
+
+
 def cmd_eval(config: FinetuneConfig, options: dict) -> int:
     from ..finetuner import FineTuner
 
+    if config.data.dataset_name is None:
+        raise UsageError("finetune eval: give --dataset_name, the data to evaluate on (its "
+                         "validation split when it has one, else every row).")
     ft = FineTuner.from_config(config)
-    metrics = ft.evaluate(limit=options["limit"], max_new_tokens=options["max_new_tokens"])
+    metrics = ft.evaluate(dataset=config.data.dataset_name, limit=options["limit"],
+                          max_new_tokens=options["max_new_tokens"])
     if options["output_file"]:
         from ..train.runinfo import write_json_atomic
 
@@ -295,7 +342,7 @@ def cmd_chat(config: FinetuneConfig, options: dict) -> int:
             print("(conversation cleared)")
             continue
         messages.append({"role": "user", "content": text})
-        prompt = messages if ft.tokenizer.chat_template else text
+        prompt = ft.chat_format.conversation_prompt(messages)
         print("assistant> ", end="", flush=True)
         if stream is not None:
             pieces = []

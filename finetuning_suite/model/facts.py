@@ -1,9 +1,11 @@
 """Facts about a model that several parts of the package need, each defined once here:
-encoder-decoder or decoder-only, and the context window. They are read from the model's
-config, which never changes after loading."""
+encoder-decoder or decoder-only, the context window, and the length cap used where a config
+states no window. They are read from the model's config, which never changes after loading."""
 from __future__ import annotations
 
-DEFAULT_CONTEXT_WINDOW = 2048
+# The most tokens a training example keeps by default (`max_seq_length`), and the most new
+# tokens a model whose config states no window (T5's relative positions) may generate.
+LENGTH_CAP = 2048
 _WINDOW_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
 
 

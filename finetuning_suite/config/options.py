@@ -1,34 +1,30 @@
-"""One configuration: the dataclasses behind the Python API, the `finetune` command and YAML.
+"""The options: five dataclass sections and `FinetuneConfig`, their whole.
 
 Every option is a field with its default and help text, spelled as its Python name (and, for
-training, as its `transformers.TrainingArguments` name). `FineTuner(...)` builds a
-`FinetuneConfig` from its arguments; `finetune train --config run.yaml --lora_r 8` builds one
-from a YAML file and flags; both go through `FinetuneConfig.validate()`, which collects every
-problem and raises one `ConfigError`.
+training, as its `transformers.TrainingArguments` name). A default is written here and nowhere
+else: `FineTuner`'s signature, the CLI's flags, the web page's knobs and `DefaultInferenceHandler`
+read it from these classes.
 
-YAML files are flat (as trl, axolotl and LLaMA-Factory recipes are): `model_id: ...`,
-`lora_r: 8`, `num_train_epochs: 2`. Any other `TrainingArguments` field may appear too (it goes
-to `training_extras`). A value of `null` on an option whose help says "auto" means: chosen from
-the model, the method and the data when training starts (see `train/defaults.py`); the chosen
-values are saved in the run's `config.yaml`.
-
-The CLI parser is transformers' `HfArgumentParser` (the one trl uses): it turns these
-dataclasses into argparse flags with their help, types and choices, and it is already a
-dependency; `cli/main.py` adds `--config` and `--print_config` on top.
+`FinetuneConfig.given` holds the names a user set explicitly (a keyword argument, a flag, a YAML
+key, a page box that was edited): "not given" is known by name, never by a value that happens to
+equal the default, so `max_length=1000` given for a run folder saved with 16 wins.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
 import functools
-import math
+import typing
 from dataclasses import dataclass, field, fields
-from enum import Enum
 from typing import Any, Literal
 
-from .errors import ConfigError, Problems
+from ..model.facts import LENGTH_CAP
 
 AUTO = "auto: chosen from the model, the method and the dataset size when training starts"
+
+ALL_LINEAR = "all-linear"
+Method = Literal["lora", "qlora", "full"]
+METHODS: tuple[str, ...] = typing.get_args(Method)
 
 
 def _opt(default, help_text: str):
@@ -58,7 +54,7 @@ class MethodArguments:
 
     _argument_group_name = "method (LoRA, QLoRA, full)"  # the --help section (HfArgumentParser)
 
-    method: Literal["lora", "qlora", "full"] = _opt(
+    method: Method = _opt(
         "lora", "lora: low-rank adapters on a frozen base; qlora: the same on a 4-bit NF4 base "
         "(= quantize: true); full: every weight is trained and saved.")
     quantize: bool = _opt(False, "Load the base model in 4-bit NF4 (QLoRA). Same as method: qlora.")
@@ -88,12 +84,14 @@ class DataArguments:
                                     ".csv/.parquet/.txt file, a save_to_disk folder, or a hub dataset "
                                     "in the local cache.")
     eval_fraction: float | None = _opt(None, "Hold out this fraction of rows for evaluation when the "
-                                       "dataset has no validation split.")
+                                       "dataset has no validation split (0: none). Empty: 10% of the "
+                                       "rows (at most 200) from 20 rows on; smaller sets are "
+                                       "evaluated on their training rows (said so in the results).")
     format: str = _opt("auto", "Data format: auto, messages, sharegpt, alpaca, prompt_completion, "
                        "input_output, source_target, question_answer or text.")
     column_map: dict | None = _opt(None, "Rename columns first, e.g. {question: prompt, answer: completion}.")
     max_seq_length: int | None = _opt(None, "Truncate longer examples. Empty: the model's context "
-                                      "window, at most 2048.")
+                                      f"window, at most {LENGTH_CAP}.")
     train_on_inputs: bool = _opt(False, "Also compute the loss on prompt / user tokens.")
     use_chat_template: bool = _opt(True, "Render prompts with the tokenizer's chat template on chat "
                                    "models, in training and generation alike.")
@@ -121,7 +119,7 @@ class TrainingConfig:
     """Training, by transformers.TrainingArguments names (any other field of it is accepted too).
 
     Other TrainingArguments fields may be given as a YAML key or `--flag`; they are passed
-    through unchanged (`FinetuneConfig.training_extras`)."""
+    through (`FinetuneConfig.training_extras`), checked against the field's type."""
 
     _argument_group_name = "training (TrainingArguments names)"  # the --help section (HfArgumentParser)
 
@@ -165,16 +163,26 @@ class TrainingConfig:
 # TrainingConfig fields that are ours, not TrainingArguments fields.
 NOT_TRAINING_ARGUMENTS = frozenset({"eval_before", "self_replay", "overwrite_output_dir"})
 
-
 SECTIONS: dict[str, type] = {"model": ModelArguments, "method": MethodArguments, "data": DataArguments,
                              "generation": GenerationArguments, "training": TrainingConfig}
 
 
 @functools.lru_cache(maxsize=None)
-def training_argument_names() -> frozenset[str]:
+def training_argument_fields() -> dict[str, dataclasses.Field]:
+    """Every `Seq2SeqTrainingArguments` init field by name (types resolved)."""
     from transformers import Seq2SeqTrainingArguments
 
-    return frozenset(f.name for f in fields(Seq2SeqTrainingArguments) if f.init)
+    hints = typing.get_type_hints(Seq2SeqTrainingArguments)
+    out = {}
+    for f in fields(Seq2SeqTrainingArguments):
+        if f.init:
+            f.type = hints.get(f.name, f.type)
+            out[f.name] = f
+    return out
+
+
+def training_argument_names() -> frozenset[str]:
+    return frozenset(training_argument_fields())
 
 
 def field_names(section: type) -> list[str]:
@@ -182,8 +190,20 @@ def field_names(section: type) -> list[str]:
 
 
 @functools.lru_cache(maxsize=None)
-def _owner() -> dict[str, str]:
-    return {name: key for key, cls in SECTIONS.items() for name in field_names(cls)}
+def option_fields() -> dict[str, tuple[dataclasses.Field, Any, str]]:
+    """name -> (dataclass field, resolved type, section key) for every option."""
+    out = {}
+    for key, cls in SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        for f in fields(cls):
+            out[f.name] = (f, hints[f.name], key)
+    return out
+
+
+def default_of(name: str):
+    """The default value of option `name` (the one place defaults are written: this module)."""
+    f = option_fields()[name][0]
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
 def suggest(name: str, names) -> str:
@@ -193,7 +213,8 @@ def suggest(name: str, names) -> str:
 
 @dataclass
 class FinetuneConfig:
-    """The whole configuration of a run: five sections plus pass-through TrainingArguments."""
+    """The whole configuration of a run: five sections plus pass-through TrainingArguments, and
+    the names the user gave explicitly (`given`)."""
 
     model: ModelArguments = field(default_factory=ModelArguments)
     method: MethodArguments = field(default_factory=MethodArguments)
@@ -201,28 +222,34 @@ class FinetuneConfig:
     generation: GenerationArguments = field(default_factory=GenerationArguments)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     training_extras: dict[str, Any] = field(default_factory=dict)
+    given: frozenset = field(default_factory=frozenset, compare=False)
 
     # -- flat views (YAML, CLI, FineTuner keyword arguments) -------------------------------
     @classmethod
-    def from_flat(cls, values: dict[str, Any], where: str = "config") -> "FinetuneConfig":
-        """Build from a flat mapping; unknown keys are one error with suggestions."""
+    def from_flat(cls, values: dict[str, Any], where: str = "config", given=None) -> "FinetuneConfig":
+        """Build from a flat mapping (values as given; `checks.validate` judges them). Unknown
+        keys are one error with suggestions. `given`: the names set explicitly (default: every
+        key of `values`)."""
+        from ..errors import ConfigError
+
         sections: dict[str, dict] = {key: {} for key in SECTIONS}
         extras, unknown = {}, []
         for name, value in values.items():
-            owner = _owner().get(name)
+            owner = option_fields().get(name)
             if owner is not None:
-                sections[owner][name] = value
-            elif name in training_argument_names():
+                sections[owner[2]][name] = value
+            elif name in training_argument_fields():
                 extras[name] = value
             else:
                 unknown.append(name)
         if unknown:
-            known = set(_owner()) | training_argument_names()
+            known = set(option_fields()) | training_argument_names()
             listed = ", ".join(f"{n!r}{suggest(n, known)}" for n in unknown)
             raise ConfigError(f"{where}: unknown option(s) {listed}. Options are the fields listed by "
                               "`finetune train --help` and any transformers.TrainingArguments field.")
         return cls(**{key: SECTIONS[key](**vals) for key, vals in sections.items()},
-                   training_extras=extras)
+                   training_extras=extras,
+                   given=frozenset(values if given is None else given))
 
     def to_flat(self) -> dict[str, Any]:
         flat: dict[str, Any] = {}
@@ -230,6 +257,15 @@ class FinetuneConfig:
             flat.update(dataclasses.asdict(getattr(self, key)))
         flat.update(self.training_extras)
         return flat
+
+    def given_flat(self) -> dict[str, Any]:
+        """Only the options set explicitly, as a flat mapping."""
+        return {k: v for k, v in self.to_flat().items() if k in self.given}
+
+    def get(self, name: str):
+        if name in self.training_extras:
+            return self.training_extras[name]
+        return getattr(getattr(self, option_fields()[name][2]), name)
 
     def to_yaml(self) -> str:
         """The resolved configuration as YAML, one commented block per section."""
@@ -254,19 +290,19 @@ class FinetuneConfig:
 
     @property
     def quantized(self) -> bool:
-        return self.method.method == "qlora" or bool(self.method.quantize)
+        return self.method.method == "qlora" or self.method.quantize is True
 
-    # -- validation ----------------------------------------------------------------------
     def validate(self, where: str = "FineTuner") -> None:
-        """Check every field; raise one ConfigError listing all problems."""
-        problems = Problems(where)
-        check_types(problems, self)
-        check_values(problems, self)
-        problems.raise_if_any()
+        """Check every option; raise one ConfigError listing all problems (`checks.validate`)."""
+        from .checks import validate
+
+        validate(self, where)
 
 
 def _plain(value):
     """A YAML-safe form of a config value (dtypes and enums as strings)."""
+    from enum import Enum
+
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -278,121 +314,3 @@ def _plain(value):
     if hasattr(value, "__len__") and not isinstance(value, str):
         return f"<{type(value).__name__} with {len(value)} rows>"
     return str(value).removeprefix("torch.")
-
-
-# -- validation helpers -------------------------------------------------------------------
-_NUMBER_HINTS = {
-    "lora_r": ("int", 1, None, "the adapter rank, e.g. 16"),
-    "lora_alpha": ("num", 0, None, "LoRA scale = alpha / r, e.g. 32"),
-    "lora_dropout": ("num", 0, 1, "a dropout probability in [0, 1), e.g. 0.05"),
-    "max_length": ("int", 1, None, "the most new tokens generate() produces, e.g. 256"),
-    "max_seq_length": ("int", 2, None, "an integer >= 2, e.g. 1024"),
-    "eval_fraction": ("num", 0, 1, "a fraction between 0 and 1, e.g. 0.1"),
-    "num_train_epochs": ("num", 0, None, "a positive number, e.g. 3"),
-    "per_device_train_batch_size": ("int", 1, None, "a positive integer, e.g. 8"),
-    "gradient_accumulation_steps": ("int", 1, None, "a positive integer, e.g. 1"),
-    "learning_rate": ("num", 0, None, "a positive number, e.g. 2e-4"),
-    "warmup_steps": ("num", 0, None, "0 or more (below 1: a fraction of all steps), e.g. 0.03"),
-    "weight_decay": ("num", 0, None, "0 or more, e.g. 0.0"),
-    "logging_steps": ("num", 0, None, "a positive number, e.g. 10"),
-    "save_steps": ("num", 0, None, "a positive number (below 1: a fraction of all steps), e.g. 0.25 or 500"),
-    "save_total_limit": ("int", 1, None, "a positive integer, e.g. 2"),
-    "temperature": ("num", 0, None, "a positive number, e.g. 0.7"),
-    "top_p": ("num", 0, 1, "a number in (0, 1], e.g. 0.9"),
-    "top_k": ("int", 0, None, "0 or more, e.g. 50"),
-    "repetition_penalty": ("num", 0, None, "a positive number, e.g. 1.0"),
-    "num_beams": ("int", 1, None, "a positive integer, e.g. 1"),
-}
-_STRICT_MIN = {"lora_alpha", "num_train_epochs", "learning_rate", "logging_steps", "save_steps", "temperature",
-               "top_p", "repetition_penalty", "eval_fraction"}
-_MAX_INCLUSIVE = {"top_p"}
-
-
-def check_number(problems: Problems, name: str, value) -> None:
-    """Type, finiteness and range of one numeric option (None means unset/auto and passes)."""
-    if value is None or name not in _NUMBER_HINTS:
-        return
-    kind, low, high, hint = _NUMBER_HINTS[name]
-    ok_type = (isinstance(value, int) if kind == "int" else isinstance(value, (int, float)))
-    if isinstance(value, bool) or not ok_type:
-        problems.add(name, value, f"must be {hint}.")
-        return
-    if not math.isfinite(value):
-        problems.add(name, value, f"must be a finite number: {hint}.")
-        return
-    too_low = value <= low if name in _STRICT_MIN else value < low
-    too_high = high is not None and (value > high if name in _MAX_INCLUSIVE else value >= high)
-    if too_low or too_high:
-        problems.add(name, value, f"must be {hint}.")
-
-
-def check_types(problems: Problems, config: FinetuneConfig) -> None:
-    for key in SECTIONS:
-        for name, value in dataclasses.asdict(getattr(config, key)).items():
-            check_number(problems, name, value)
-    for name in ("trust_remote_code", "quantize", "train_on_inputs", "use_chat_template", "do_sample",
-                 "use_rslora", "eval_before", "self_replay", "overwrite_output_dir"):
-        value = _get(config, name)
-        if not isinstance(value, bool):
-            problems.add(name, value, "must be true or false.")
-    for name in ("model_id", "adapter_path", "system_prompt"):
-        value = _get(config, name)
-        if value is not None and not isinstance(value, str) and not hasattr(value, "__fspath__"):
-            problems.add(name, value, "must be a string (a name or a path).")
-    column_map = config.data.column_map
-    if column_map is not None and not isinstance(column_map, dict):
-        problems.add("column_map", column_map, "must be a mapping of old to new column names, e.g. "
-                     "{question: prompt, answer: completion}.")
-
-
-def check_values(problems: Problems, config: FinetuneConfig) -> None:
-    m = config.method
-    if m.method not in ("lora", "qlora", "full"):
-        problems.add("method", m.method, "must be one of 'lora', 'qlora', 'full'.")
-    if m.method == "full" and m.quantize:
-        problems.add("method", m.method, "full fine-tuning cannot train a quantized (4-bit) model; "
-                     "use method='qlora', or quantize=False.")
-    if m.quantization_config is not None and not config.quantized:
-        problems.add("quantization_config", m.quantization_config,
-                     "is given but quantize=False; pass quantize=True to use it.")
-    if m.lora_bias not in ("none", "all", "lora_only"):
-        problems.add("lora_bias", m.lora_bias, "must be one of ['none', 'all', 'lora_only'].")
-    fmt = config.data.format
-    from .data.formats import FORMATS
-
-    if fmt != "auto" and fmt not in FORMATS:
-        problems.add("format", fmt, f"must be 'auto' or one of {list(FORMATS)}.")
-    t = config.training
-    if not isinstance(t.output_dir, str) or not t.output_dir:
-        problems.add("output_dir", t.output_dir, "must be a folder path, e.g. runs/my_run.")
-    if isinstance(t.max_steps, bool) or not isinstance(t.max_steps, int):
-        problems.add("max_steps", t.max_steps, "must be an integer (-1: run the epochs).")
-    if isinstance(t.seed, bool) or not isinstance(t.seed, int):
-        problems.add("seed", t.seed, "must be an integer, e.g. 42.")
-    for name, value in config.training_extras.items():
-        if isinstance(value, float) and not math.isfinite(value):
-            problems.add(name, value, "must be a finite number.")
-
-
-def _get(config: FinetuneConfig, name: str):
-    return getattr(getattr(config, _owner()[name]), name)
-
-
-def parse_yaml_mapping(text: str, where: str, fix: str) -> dict:
-    """The flat option mapping in YAML `text` (empty: {}); ConfigError naming `where`, the line
-    and column, and `fix` when it does not parse or is not a mapping."""
-    import yaml
-
-    try:
-        data = yaml.safe_load(text or "")
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{where}:{at}: not valid YAML ({getattr(exc, 'problem', None) or exc}). "
-                          f"{fix}") from exc
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: must be a mapping of option: value (as `finetune train "
-                          f"--print_config` writes it), got a {type(data).__name__}.")
-    return data
