@@ -216,13 +216,13 @@ def test_evaluate_split_on_a_tiny_model(tiny_llama):
                    preprocessor=DefaultPreprocessor(column_map={"q": "prompt", "a": "completion"}))
     raw = Dataset.from_list([{"q": f"Code {i}?", "a": "AB" * (i + 1)} for i in range(3)])
     tokenized = ft.preprocessor(raw, ft.tokenizer, ft.model.config)
-    m = evaluate_split(ft, raw, tokenized, batch_size=2)
+    m = evaluate_split(ft, raw, tokenized, chat_format=ft.chat_format, batch_size=2)
     expected = loss_metrics(ft.model, tokenized, default_collator(ft.tokenizer, ft.model, False, on_cpu=True))
     assert m["loss"] == pytest.approx(expected["loss"]) and m["loss_tokens"] == expected["tokens"]
     assert m["n"] == 3 and [s["reference"] for s in m["samples"]] == ["AB", "ABAB", "ABABAB"]
     longest = len(ft.tokenizer("ABABAB", add_special_tokens=False)["input_ids"])
     assert m["max_new_tokens"] == max(16, 2 * longest + 8)  # not the 1000 of max_length
-    text = evaluate_split(ft, Dataset.from_list([{"text": "plain"}]), None)
+    text = evaluate_split(ft, Dataset.from_list([{"text": "plain"}]), None, chat_format=ft.chat_format)
     assert text["n"] == 0 and text["loss"] is None and text["exact_match"] is None
 
 

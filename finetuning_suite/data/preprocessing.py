@@ -3,8 +3,9 @@
 Labels are built per example, before any padding: prompt tokens get -100 (unless
 `train_on_inputs=True`), completion / assistant tokens and the closing EOS keep their ids.
 The collator pads labels with -100, so EOS stays trained even when pad == eos. Chat data and
-prompt/completion data on a chat model go through the tokenizer's chat template, the same one
-`DefaultInferenceHandler` uses, so the model is trained on exactly the layout it is asked in.
+prompt/completion data on a chat model are rendered through the run's `ChatFormat`
+(`chat_template.py`), the same value generation is handed, so the model is trained on exactly
+the layout it is asked in.
 """
 from __future__ import annotations
 
@@ -12,20 +13,21 @@ import logging
 from typing import Protocol, runtime_checkable
 
 from ..errors import ConfigError, DatasetError
-from ..model.facts import context_window, is_encoder_decoder
-from .chat_template import template_for, uses_chat_template
+from ..model.facts import LENGTH_CAP, context_window, is_encoder_decoder
+from .chat_template import CHAT_FORMATS, ChatFormat, decide_chat_format
 from .formats import canonical, detect_format, flatten_messages
 
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
-DEFAULT_MAX_SEQ_LENGTH = 2048
 
 
 @runtime_checkable
 class Preprocessor(Protocol):
     """Turns a raw `datasets.Dataset` into one with `input_ids`, `attention_mask` and `labels`
-    (raw columns removed). Pass an instance as `FineTuner(preprocessor=...)`."""
+    (raw columns removed). Pass an instance as `FineTuner(preprocessor=...)`. (`FineTuner` also
+    hands `DefaultPreprocessor` the run's `chat_format=` keyword; a custom one gets the spec's
+    three arguments.)"""
 
     def __call__(self, dataset, tokenizer, model_config): ...
 
@@ -35,10 +37,11 @@ class DefaultPreprocessor:
 
     format: "auto" or a name from `formats.FORMATS` (text, prompt_completion, alpaca, messages, ...).
     column_map: rename columns first, e.g. {"question": "prompt", "answer": "completion"}.
-    max_seq_length: truncate longer examples (default: the model's context window, at most 2048).
+    max_seq_length: truncate longer examples (default: the model's context window, at most
+        `LENGTH_CAP` = 2048).
     train_on_inputs: also compute the loss on prompt / user tokens.
     use_chat_template: render prompt/completion data with the tokenizer's chat template on chat
-        models (must match the inference handler's `use_chat_template`).
+        models; used only when no `chat_format` is handed to the call (standalone use).
     """
 
     def __init__(self, format: str = "auto", column_map: dict[str, str] | None = None,
@@ -52,10 +55,9 @@ class DefaultPreprocessor:
         self.train_on_inputs = train_on_inputs
         self.use_chat_template = use_chat_template
         self.stats: dict = {}
-        self._template: str | None = None
 
     # -- the protocol ---------------------------------------------------------------------
-    def __call__(self, dataset, tokenizer, model_config):
+    def __call__(self, dataset, tokenizer, model_config, chat_format: ChatFormat | None = None):
         if self.column_map:
             missing = [c for c in self.column_map if c not in dataset.column_names]
             if missing:
@@ -72,14 +74,21 @@ class DefaultPreprocessor:
                 "input/target pairs: use prompt/completion, source/target, alpaca or messages data."
             )
         max_len = self.resolve_max_seq_length(model_config)
-        chat = self._chat_model(tokenizer, model_config, fmt)
+        if chat_format is None:
+            chat_format = decide_chat_format(tokenizer, model_config, data_format=fmt,
+                                             use_chat_template=self.use_chat_template)
+        if fmt in CHAT_FORMATS and not enc_dec and not chat_format.chat:
+            raise ConfigError("Chat data needs a chat format with a template: pass "
+                              "decide_chat_format(tokenizer, model_config, data_format="
+                              f"{fmt!r}) as chat_format (it falls back to a plain one).")
+        chat = chat_format.renders(fmt)
 
         def tokenize(row, index):
             example = canonical(row, fmt, index, chat)
             if enc_dec:
                 encoded = self._encode_seq2seq(example, tokenizer, max_len)
             else:
-                encoded = self._encode_causal(example, tokenizer, max_len, chat)
+                encoded = self._encode_causal(example, tokenizer, max_len, chat_format if chat else None)
             return {**encoded, "empty_answer": _empty_answer(example)}
 
         tokenized = dataset.map(tokenize, with_indices=True, remove_columns=dataset.column_names,
@@ -123,21 +132,12 @@ class DefaultPreprocessor:
         if self.max_seq_length is not None:
             return self.max_seq_length
         window = context_window(model_config)
-        return min(window or DEFAULT_MAX_SEQ_LENGTH, DEFAULT_MAX_SEQ_LENGTH)
+        return min(window or LENGTH_CAP, LENGTH_CAP)
 
     def data_format(self, dataset) -> str:
         """The format `__call__` will read `dataset` as (after column_map)."""
         columns = [self.column_map.get(c, c) for c in dataset.column_names]
         return detect_format(columns, self.format)
-
-    def _chat_model(self, tokenizer, model_config, fmt: str) -> bool:
-        """Whether rows are rendered with a chat template; the template itself (the tokenizer's,
-        or the fallback for chat data on a template-less tokenizer) comes from `chat_template`,
-        the decision generation follows too. The tokenizer is not changed here."""
-        self._template = template_for(tokenizer, model_config, fmt)
-        if fmt in ("messages", "sharegpt") and not is_encoder_decoder(model_config):
-            return True  # chat data always goes through a template
-        return uses_chat_template(tokenizer, model_config, self.use_chat_template)
 
     def _finish(self, ids: list[int], labels: list[int], max_len: int) -> dict:
         truncated = len(ids) > max_len
@@ -148,13 +148,14 @@ class DefaultPreprocessor:
     def _mask(self, ids: list[int]) -> list[int]:
         return list(ids) if self.train_on_inputs else [IGNORE_INDEX] * len(ids)
 
-    def _encode_causal(self, ex: dict, tokenizer, max_len: int, chat: bool) -> dict:
+    def _encode_causal(self, ex: dict, tokenizer, max_len: int, chat: ChatFormat | None) -> dict:
         eos = tokenizer.eos_token_id
-        if "prompt" in ex and chat:
-            ex = {"messages": [{"role": "user", "content": ex["prompt"]},
+        if "prompt" in ex and chat is not None:
+            system = [{"role": "system", "content": chat.system_prompt}] if chat.system_prompt else []
+            ex = {"messages": [*system, {"role": "user", "content": ex["prompt"]},
                                {"role": "assistant", "content": ex["completion"]}]}
         if "messages" in ex:
-            ids, labels = self._encode_chat(ex["messages"], tokenizer)
+            ids, labels = self._encode_chat(ex["messages"], tokenizer, chat)
         elif "prompt" in ex:
             prompt = tokenizer(ex["prompt"])["input_ids"]
             answer = tokenizer(ex["completion"], add_special_tokens=False)["input_ids"] + [eos]
@@ -166,7 +167,7 @@ class DefaultPreprocessor:
             labels = list(ids)
         return self._finish(ids, labels, max_len)
 
-    def _encode_chat(self, messages: list[dict], tokenizer) -> tuple[list[int], list[int]]:
+    def _encode_chat(self, messages: list[dict], tokenizer, chat: ChatFormat) -> tuple[list[int], list[int]]:
         """Token ids of the chat-template rendering, with labels on assistant turns only.
 
         Each assistant turn's character span is found by rendering the conversation up to it
@@ -178,8 +179,7 @@ class DefaultPreprocessor:
         last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=-1)
         if last >= 0:
             messages = messages[: last + 1]  # trailing user turns teach nothing
-        render = lambda msgs, gen=False: tokenizer.apply_chat_template(  # noqa: E731
-            msgs, tokenize=False, add_generation_prompt=gen, chat_template=self._template)
+        render = lambda msgs, gen=False: chat.render(msgs, tokenizer, gen)  # noqa: E731
         full = render(messages)
         spans = []
         for i, message in enumerate(messages):

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from ..data.chat_template import tokenizer_with_template
 from ..errors import ConfigError
 from ..model.facts import is_encoder_decoder
 from ..model.loading import load_config, load_model
@@ -136,9 +137,9 @@ def merged_model(ft, *, quantized_base: str = "dequantize"):
 
 
 def export_tokenizer(ft):
-    """A copy of the finetuner's tokenizer as trained (chat template, pad token), padding on the
-    left for decoder-only models, as batched generation needs."""
-    tokenizer = copy.deepcopy(ft.tokenizer)
+    """A copy of the finetuner's tokenizer as trained (the run's chat template, pad token),
+    padding on the left for decoder-only models, as batched generation needs."""
+    tokenizer = tokenizer_with_template(ft.tokenizer, ft.chat_format)
     if not is_encoder_decoder(ft.model.config):
         tokenizer.padding_side = "left"
     return tokenizer

@@ -28,8 +28,7 @@ def reference_rows(dataset, data_format: str, chat_model: bool) -> list[dict]:
 
     dataset: a `datasets.Dataset` (or any iterable of dicts) with the user's columns (after any
         `column_map` rename); data_format: from `formats.detect_format`; chat_model: whether the
-        model's prompts go through the chat template (the preprocessor's `stats["chat_template"]`,
-        or `chat_template.uses_chat_template(tokenizer, model.config)`).
+        rows' prompts go through the chat template (`ChatFormat.renders(data_format)`).
 
     Pair and alpaca rows give (prompt, completion) as training sees them. Chat rows give the
     history before the last assistant turn and that turn as the reference; for a model without a
@@ -213,11 +212,11 @@ def default_max_new_tokens(rows: list[dict], tokenizer, cap: int) -> int:
     return max(1, min(cap, max(16, 2 * longest + 8)))
 
 
-def evaluate_split(ft, raw, tokenized, *, max_new_tokens: int | None = None, batch_size: int = 16,
-                   collator=None) -> dict:
+def evaluate_split(ft, raw, tokenized, *, chat_format, max_new_tokens: int | None = None,
+                   batch_size: int = 16, collator=None) -> dict:
     """Loss/perplexity on `tokenized` and generation metrics on the rows of `raw` that have a
     reference, for a FineTuner-like object `ft` (model, tokenizer, device, inference_handler,
-    preprocessor, max_length).
+    preprocessor, max_length); prompts are shaped as `chat_format` (the run's) renders them.
 
     raw: the split as given (user columns; the preprocessor's column_map is applied here);
     tokenized: the same split through the preprocessor, or None to skip the loss;
@@ -229,7 +228,6 @@ def evaluate_split(ft, raw, tokenized, *, max_new_tokens: int | None = None, bat
     generation_metrics' {"exact_match", "chrf", "eos_rate", "n", "seconds", "samples"} plus
     "max_new_tokens" (None/0 where the data has no references, e.g. plain text).
     """
-    from ..data.chat_template import CHAT_FORMATS, uses_chat_template
     from ..data.formats import detect_format
     from ..errors import DatasetError
     from ..model.facts import is_encoder_decoder
@@ -256,12 +254,7 @@ def evaluate_split(ft, raw, tokenized, *, max_new_tokens: int | None = None, bat
         fmt = detect_format(raw.column_names, getattr(preprocessor, "format", "auto") or "auto")
     except DatasetError:  # a custom preprocessor's own columns: no references we can read
         fmt = "text"
-    if fmt in CHAT_FORMATS and not enc_dec:
-        chat_model = True  # chat data always goes through a template (as in preprocessing)
-    else:
-        chat_model = uses_chat_template(tokenizer, model.config,
-                                        getattr(preprocessor, "use_chat_template", True))
-    rows = reference_rows(raw, fmt, chat_model)
+    rows = reference_rows(raw, fmt, chat_format.renders(fmt))
     if max_new_tokens is None:
         max_new_tokens = default_max_new_tokens(rows, tokenizer, ft.max_length)
     out.update(generation_metrics(ft.inference_handler, rows, model, tokenizer, ft.device,

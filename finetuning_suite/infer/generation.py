@@ -27,9 +27,10 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from ..data.chat_template import uses_chat_template
+from ..config import check_number, default_of
+from ..data.chat_template import ChatFormat, decide_chat_format
 from ..errors import ConfigError, Problems
-from ..model.facts import context_window, is_encoder_decoder
+from ..model.facts import LENGTH_CAP, context_window, is_encoder_decoder
 
 Prompt = str | list[dict[str, str]]
 
@@ -62,34 +63,15 @@ class Generation:
 
 def render_prompt(prompt: Prompt, tokenizer, model_config, use_chat_template: bool = True,
                   system_prompt: str | None = None) -> tuple[str, bool]:
-    """The prompt text the model sees and whether it came from the chat template.
-
-    A plain string goes through the tokenizer's chat template as one user turn when the tokenizer
-    has one (the same template training uses, see `formats.py`); a list of messages always does.
-    """
-    if isinstance(prompt, str):
-        if not uses_chat_template(tokenizer, model_config, use_chat_template):
-            return prompt, False
-        messages = [{"role": "user", "content": prompt}]
-    elif isinstance(prompt, list) and all(isinstance(m, dict) for m in prompt):
-        if not getattr(tokenizer, "chat_template", None):
-            raise ConfigError("A list of messages needs a tokenizer with a chat template; pass a string.")
-        messages = list(prompt)
-    else:
-        raise ConfigError(f"prompt_text must be a string or a list of messages, got {type(prompt).__name__}.")
-    if system_prompt is not None and messages[0].get("role") != "system":
-        messages = [{"role": "system", "content": system_prompt}, *messages]
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return text, True
+    """The prompt text the model sees and whether it came from the chat template, as the chat
+    format decided for this tokenizer renders it (`data.chat_template`)."""
+    fmt = decide_chat_format(tokenizer, model_config, use_chat_template=use_chat_template,
+                             system_prompt=system_prompt)
+    return fmt.prompt_text(prompt, tokenizer)
 
 
 # -- input checks ------------------------------------------------------------------------------
 _EXAMPLE = "e.g. 'What is the capital of France?' or [{'role': 'user', 'content': 'Hi'}]"
-
-
-# The most new tokens for a model whose config gives no window to cap them at (T5's relative
-# positions have no limit, so a huge max_length would run on for hours).
-UNBOUNDED_MAX_NEW_TOKENS = 2048
 
 
 def check_prompt(prompt, name: str = "prompt_text") -> None:
@@ -137,9 +119,11 @@ def check_stop(stop) -> list[str]:
 # -- the default handler ---------------------------------------------------------------------
 class DefaultInferenceHandler:
     """Greedy decoding by default; set `do_sample=True` (with temperature/top_p/top_k) to sample.
+    The defaults are the configuration's (`config.GenerationArguments`).
 
-    use_chat_template: wrap plain-text prompts in the tokenizer's chat template (chat models).
-    system_prompt: a system message to put first when the chat template is used.
+    chat_format: how prompts are rendered (`data.chat_template.ChatFormat`); `FineTuner` hands
+        its handler the run's. Without one, it is decided per call from the tokenizer with
+        `use_chat_template` and `system_prompt` (the same decision, `decide_chat_format`).
     seed: reseed torch before each call (reproducible sampling).
     strip: remove whitespace around the answer (default); `strip=False` keeps it, as a raw text
         completion needs (" Paris" continues "The capital of France is").
@@ -152,40 +136,50 @@ class DefaultInferenceHandler:
     neutral values, so sampling values a model's generation_config carries cannot leak in.
     """
 
-    def __init__(self, do_sample: bool = False, temperature: float = 0.7, top_p: float = 0.9,
-                 top_k: int = 50, repetition_penalty: float = 1.0, num_beams: int = 1,
-                 use_chat_template: bool = True, system_prompt: str | None = None,
-                 seed: int | None = None, strip: bool = True, **generate_kwargs: Any):
+    def __init__(self, do_sample: bool = default_of("do_sample"),
+                 temperature: float = default_of("temperature"), top_p: float = default_of("top_p"),
+                 top_k: int = default_of("top_k"),
+                 repetition_penalty: float = default_of("repetition_penalty"),
+                 num_beams: int = default_of("num_beams"),
+                 use_chat_template: bool = default_of("use_chat_template"),
+                 system_prompt: str | None = default_of("system_prompt"),
+                 seed: int | None = None, strip: bool = True, chat_format: ChatFormat | None = None,
+                 **generate_kwargs: Any):
         self.do_sample = do_sample
         self.strip = strip
         self.temperature, self.top_p, self.top_k = temperature, top_p, top_k
         self.repetition_penalty, self.num_beams = repetition_penalty, num_beams
         self.use_chat_template, self.system_prompt = use_chat_template, system_prompt
+        self.chat_format = chat_format
         self.seed = seed
         self.generate_kwargs = generate_kwargs
         self.generation_config, self._model_kwargs = self._build_generation_config()
 
+    def with_chat_format(self, chat_format: ChatFormat) -> "DefaultInferenceHandler":
+        """A handler with these settings that renders prompts with `chat_format`."""
+        other = copy.copy(self)
+        other.chat_format = chat_format
+        return other
+
+    def chat_format_for(self, tokenizer, model_config) -> ChatFormat:
+        return self.chat_format or decide_chat_format(
+            tokenizer, model_config, use_chat_template=self.use_chat_template,
+            system_prompt=self.system_prompt)
+
     def _check_settings(self) -> None:
+        """The configuration's own checks (`config.check_number`), plus: temperature 0 means
+        greedy decoding, which is fine unless sampling was asked for."""
         problems = Problems("DefaultInferenceHandler")
-        number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
-        whole = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
-        if not isinstance(self.do_sample, bool):
-            problems.add("do_sample", self.do_sample, "must be True or False.")
-        if not isinstance(self.strip, bool):
-            problems.add("strip", self.strip, "must be True or False.")
-        if not (number(self.temperature) and self.temperature >= 0):
-            problems.add("temperature", self.temperature, "must be a positive number, e.g. 0.7.")
-        elif self.temperature == 0 and self.do_sample is True:
-            problems.add("temperature", self.temperature, "0 means greedy decoding: pass "
-                         "do_sample=False, or a positive temperature to sample.")
-        if not (number(self.top_p) and 0 < self.top_p <= 1):
-            problems.add("top_p", self.top_p, "must be in (0, 1], e.g. 0.9.")
-        if not (whole(self.top_k) and self.top_k >= 0):
-            problems.add("top_k", self.top_k, "must be an integer >= 0, e.g. 50.")
-        if not (number(self.repetition_penalty) and self.repetition_penalty > 0):
-            problems.add("repetition_penalty", self.repetition_penalty, "must be a positive number; 1.0 is none.")
-        if not (whole(self.num_beams) and self.num_beams >= 1):
-            problems.add("num_beams", self.num_beams, "must be an integer >= 1; 1 is no beam search.")
+        for name in ("do_sample", "strip"):
+            if not isinstance(getattr(self, name), bool):
+                problems.add(name, getattr(self, name), "must be True or False.")
+        for name in ("temperature", "top_p", "top_k", "repetition_penalty", "num_beams"):
+            if name == "temperature" and self.temperature == 0 and not isinstance(self.temperature, bool):
+                if self.do_sample is True:
+                    problems.add(name, 0, "0 means greedy decoding: pass do_sample=False, or a "
+                                 "positive temperature to sample.")
+                continue
+            check_number(problems, name, getattr(self, name))
         problems.raise_if_any()
 
     def _build_generation_config(self):
@@ -385,10 +379,10 @@ class DefaultInferenceHandler:
     def _prepare(self, prompts: list, model, tokenizer, device: str, max_length: int) -> "_Batch":
         config = model.config
         enc_dec = is_encoder_decoder(config)
+        fmt = self.chat_format_for(tokenizer, config)
         rows = []
         for prompt in prompts:
-            text, templated = render_prompt(prompt, tokenizer, config, self.use_chat_template,
-                                            self.system_prompt)
+            text, templated = fmt.prompt_text(prompt, tokenizer)
             # The chat template already holds any BOS it wants; do not add a second one.
             ids = tokenizer(text, add_special_tokens=not templated)["input_ids"]
             if not ids:
@@ -408,11 +402,11 @@ class DefaultInferenceHandler:
         elif enc_dec and (getattr(config, "max_target_positions", None) or window):
             # the decoder holds its start token and the answer
             max_new = min(max_new, (getattr(config, "max_target_positions", None) or window) - 1)
-        elif max_new > UNBOUNDED_MAX_NEW_TOKENS:
+        elif max_new > LENGTH_CAP:
             raise ConfigError(
                 f"max_length={max_length} new tokens: this model's config states no length limit "
-                f"to cap it at, so at most {UNBOUNDED_MAX_NEW_TOKENS} are allowed; pass "
-                f"max_length={UNBOUNDED_MAX_NEW_TOKENS} or less."
+                f"to cap it at, so at most {LENGTH_CAP} are allowed; pass "
+                f"max_length={LENGTH_CAP} or less."
             )
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if pad is None:
@@ -561,3 +555,12 @@ def _input_device(model, device: str):
         return model.get_input_embeddings().weight.device
     except (AttributeError, NotImplementedError):
         return torch.device(device)
+
+
+def finished_answers(prompts: Sequence[Prompt], model, tokenizer, device: str, max_new_tokens: int,
+                     chat_format: ChatFormat) -> list[str | None]:
+    """Greedy answers to `prompts` in one batched call, rendered with `chat_format`; None for an
+    answer the new-token limit cut off (it would teach a model to stop mid-sentence)."""
+    handler = DefaultInferenceHandler(chat_format=chat_format)
+    outs = handler.generate_batch(list(prompts), model, tokenizer, device, max_new_tokens)
+    return [g.text if g.finished_with_eos else None for g in outs]

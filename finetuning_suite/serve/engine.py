@@ -25,6 +25,7 @@ identity.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -35,6 +36,7 @@ from typing import Any
 
 from ..errors import FineTuningError
 from ..infer.generation import DefaultInferenceHandler, Prompt
+from .limits import DEFAULTS
 
 logger = logging.getLogger(__name__)
 
@@ -100,13 +102,16 @@ class Handlers:
         if b is not None:
             settings.update(b.generate_kwargs)
             settings.update(top_k=b.top_k, repetition_penalty=b.repetition_penalty,
-                            system_prompt=b.system_prompt, use_chat_template=b.use_chat_template)
+                            system_prompt=b.system_prompt, use_chat_template=b.use_chat_template,
+                            chat_format=b.chat_format)
         settings.pop("num_return_sequences", None)
         # one answer per prompt (OpenAI has no beam search); a raw completion is the text that
         # follows the prompt exactly: no chat template, whitespace kept
         settings.update(num_beams=1, do_sample=not sampling.greedy, seed=sampling.seed)
         if not chat:
             settings.update(use_chat_template=False, strip=False)
+            if settings.get("chat_format") is not None:  # the run's template, prompts left plain
+                settings["chat_format"] = dataclasses.replace(settings["chat_format"], wrap_text=False)
         if not sampling.greedy:
             settings.update(temperature=float(sampling.temperature),
                             top_p=1.0 if sampling.top_p is None else float(sampling.top_p))
@@ -136,8 +141,8 @@ class EngineStats:
 
 
 class Engine:
-    def __init__(self, model, tokenizer, device: str, *, max_batch_size: int = 8,
-                 max_queue: int = 64, batch_window_s: float = 0.05):
+    def __init__(self, model, tokenizer, device: str, *, max_batch_size: int = DEFAULTS.max_batch_size,
+                 max_queue: int = DEFAULTS.max_queue, batch_window_s: float = DEFAULTS.batch_window_s):
         self.model, self.tokenizer, self.device = model, tokenizer, device
         self.max_batch_size, self.max_queue, self.batch_window_s = max_batch_size, max_queue, batch_window_s
         self.stats = EngineStats()

@@ -36,7 +36,7 @@ from .charts import line_chart
 from .jobs import JobRegistry
 from .messages import error_markdown, error_text
 from .models import ModelCache
-from .preview import PREVIEW_ROWS, Preview, TokenizerCache, preview
+from .preview import PREVIEW_ROWS, Preview, TokenizerCache, check_model_settings, preview
 from .runs import (LOG_FILE, RESERVED, RunInfo, base_model, log_text, loss_series, read_run,
                    run_folders, samples)
 
@@ -135,6 +135,7 @@ def _sha256(path: Path) -> str:
 # -- rendering ---------------------------------------------------------------------------------
 def preview_html(p: Preview) -> str:
     held = f" (+{p.eval_rows} held out for evaluation)" if p.eval_rows else ""
+    held += f"; evaluation uses {html.escape(p.eval_note)}" if p.eval_note and not p.eval_rows else ""
     head = (f"{p.total_rows} training rows{held} · format <b>{html.escape(p.format)}</b> · "
             f"chat template: {'yes' if p.stats.get('chat_template') else 'no'} · "
             f"max_seq_length {p.stats.get('max_seq_length')} · model {html.escape(str(p.source))}. "
@@ -452,8 +453,10 @@ def create_app(config: FinetuneConfig | None = None, workspace="runs", *, device
                                       "exists); choose another name.")
                 flat["output_dir"] = str(run_dir)
                 config = form.build_config(flat)
-                # the dataset, the model's tokenizer and the first rows, checked before writing
+                # the dataset, the model's tokenizer, its layer names and the first rows, checked
+                # before writing
                 preview(config, cache=page.tokenizers)
+                check_model_settings(config, cache=page.tokenizers)
                 pid = page.jobs.start(config, run_dir)
             except Exception as exc:  # noqa: BLE001
                 return (error_markdown(error_text(exc)), gr.skip(), gr.skip(), gr.skip())
@@ -590,7 +593,7 @@ def create_app(config: FinetuneConfig | None = None, workspace="runs", *, device
                     item.lock.acquire()
                     held.append(item.lock)
                     ft = item.finetuner
-                    prompt = hist[side] if ft.tokenizer.chat_template else text
+                    prompt = ft.chat_format.conversation_prompt(hist[side])
                     streams[side] = ft.inference_handler.stream(prompt, ft.model, ft.tokenizer,
                                                                 ft.device, int(max_new))
                 while streams:
