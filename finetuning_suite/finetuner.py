@@ -1,9 +1,10 @@
 """`FineTuner`: the facade of the spec (`shared/spec/finetuner-class.md`).
 
-It only wires the pieces together: `config` (the one configuration, validated), `model`
-(loading, quantization, LoRA / full fine-tuning), `data` (dataset -> tokens and labels, the chat
-template), `train` (arguments, defaults, Trainer, run record) and `infer` (generation,
-evaluation). Each plug-in point is an object the caller may pass.
+It only wires the pieces together: `arguments` (its arguments -> one validated configuration),
+`model` (loading, quantization, LoRA / full fine-tuning), `data` (dataset -> splits, the chat
+format, tokens and labels, self-replay), `train` (defaults, arguments, the Trainer, guards,
+saving, the report) and `infer` (generation, evaluation). Each plug-in point is an object the
+caller may pass.
 
     from finetuning_suite import FineTuner
     ft = FineTuner()                               # embedded SmolLM2-135M-Instruct, device auto
@@ -11,54 +12,55 @@ evaluation). Each plug-in point is an object the caller may pass.
 """
 from __future__ import annotations
 
-import inspect
 import logging
 import os
-import shutil
 import time
-from pathlib import Path
 
-from .arguments import build_config, generation_settings
-from .config import FinetuneConfig
-from .data.chat_template import template_for
+from .arguments import build_config, generation_settings, records_given
+from .config import FinetuneConfig, MethodArguments, check_number
+from .data.chat_template import ChatFormat, decide_chat_format, tokenizer_with_template
+from .data.prepare import PreparedData, prepare_data, tokenize
 from .data.preprocessing import DefaultPreprocessor
+from .data.replay import REPLAY_MAX_NEW_TOKENS, replay_dataset
 from .data.sources import load_source, split_dataset
-from .errors import ConfigError, DatasetError, Problems, TrainingError
-from .infer.generation import DefaultInferenceHandler
+from .errors import ConfigError, DatasetError, Problems
+from .infer.generation import DefaultInferenceHandler, finished_answers
 from .model.device import default_dtype, parse_dtype, resolve_device
 from .model.facts import is_encoder_decoder
-from .model.loading import RUN_CONFIG_FILE, RUN_YAML_FILE, load_pretrained, resolve_model_source
+from .model.loading import load_pretrained, resolve_model_source
 from .model.lora import SPEC_TARGET_MODULES, SPEC_TASK_TYPE
 from .model.methods import prepare_model, trainable_summary
 from .model.quantization import get_quantization_config
 from .train import defaults as auto_defaults
-from .train.guards import (STOP_FILE, NonFiniteGuard, StopFileCallback, is_out_of_memory,
-                           out_of_memory_message)
+from .train.guards import NonFiniteGuard, StopFileCallback, run_trainer
+from .train.loss import uses_labelled_loss
 from .train.meter import meter_callback
-from .train.output_dir import commit_files, find_checkpoint, prepare_output_dir
+from .train.output_dir import prepare_output_dir, resolve_resume, resume_requested
 from .train.report import write_report
-from .train.runinfo import run_record, write_json_atomic, write_text_atomic
+from .train.runinfo import resolved_config, run_record, write_text_atomic
+from .train.saving import gathered_state_dict, output_folder, save_run
 from .train.trainer_config import DefaultTrainerConfig
 
 logger = logging.getLogger(__name__)
+_M = MethodArguments  # the defaults the spec's signature shows are the configuration's
+
 
 class FineTuner:
     """Load a pretrained model, adapt it (LoRA, QLoRA or full fine-tuning), train it on a
     dataset, evaluate and generate. The arguments are the spec's; any other option of
     `FinetuneConfig` may be given by name as a keyword (`method="full"`, `eval_fraction=0.1`,
     `learning_rate=1e-3`, `lora_dropout=0.1`, `adapter_path=...`, `dtype="bfloat16"`, ...).
+    An argument given explicitly always wins, also over a run folder's saved settings.
     """
 
+    @records_given
     def __init__(self, model_id: str | None = None, device: str | None = None, dataset_name=None,
-                 lora_r=16, lora_alpha=32, lora_target_modules=SPEC_TARGET_MODULES,
-                 lora_bias="none", preprocessor=None, lora_task_type=SPEC_TASK_TYPE,
+                 lora_r=_M.lora_r, lora_alpha=_M.lora_alpha, lora_target_modules=SPEC_TARGET_MODULES,
+                 lora_bias=_M.lora_bias, preprocessor=None, lora_task_type=SPEC_TASK_TYPE,
                  max_length=1000, quantize: bool = False, quantization_config: dict | None = None,
                  trainer_config=None, inference_handler=None, **options):
-        given = {k: v for k, v in locals().items() if k not in ("self", "options", "__class__")}
-        self.config = build_config(given, options, FineTuner.__init__)
-        cfg = self.config
+        self.config = cfg = build_config(self._given)
         self.device = resolve_device(cfg.model.device)
-
         self.dataset_name = cfg.data.dataset_name
         self.max_length = cfg.generation.max_length
         self.eval_fraction = cfg.data.eval_fraction
@@ -68,8 +70,6 @@ class FineTuner:
             use_chat_template=cfg.data.use_chat_template)
         self.trainer_config = trainer_config if trainer_config is not None else DefaultTrainerConfig(
             **cfg.training_kwargs())
-        self.inference_handler = inference_handler if inference_handler is not None else \
-            DefaultInferenceHandler(**generation_settings(cfg))
         self.quantization_config = get_quantization_config(cfg.quantized, cfg.method.quantization_config)
         self.dtype = (parse_dtype(cfg.model.dtype, "dtype") if cfg.model.dtype is not None
                       else default_dtype(self.device))
@@ -82,8 +82,8 @@ class FineTuner:
         set_seed(cfg.training.seed)  # the adapter's initialisation is part of the run
         m = cfg.method
         targets = m.lora_target_modules
-        if targets is None and m.method != "full":  # left at the default: the rule's choice
-            targets = auto_defaults.choose_defaults(m.method, None)["lora"]["target_modules"]
+        if targets is None and m.method != "full":  # not given: the rule's choice
+            targets = auto_defaults.LORA_TARGETS
         self._lora_targets = None if self.source.adapter_path else targets
         self.model = prepare_model(
             base, m.method, quantized=self.quantization_config is not None,
@@ -91,25 +91,42 @@ class FineTuner:
             lora_settings=dict(r=m.lora_r, alpha=m.lora_alpha, dropout=m.lora_dropout, bias=m.lora_bias,
                                target_modules=targets, task_type=m.lora_task_type,
                                use_rslora=m.use_rslora))
+        self._own_handler = inference_handler is None
+        self.chat_format = decide_chat_format(self.tokenizer, self.model.config,
+                                              use_chat_template=cfg.data.use_chat_template,
+                                              system_prompt=cfg.generation.system_prompt)
+        self.inference_handler = inference_handler if inference_handler is not None else \
+            DefaultInferenceHandler(**generation_settings(cfg), chat_format=self.chat_format)
         trainable, total = trainable_summary(self.model)
         logger.info("Model %s on %s, method %s%s: %s trainable parameters of %s (%.2f%%).",
                     self.source.source, self.device, m.method, self._bits_note(), f"{trainable:,}",
                     f"{total:,}", 100 * trainable / max(total, 1))
-        self.tokenized_dataset = None
-        self.eval_dataset = None
-        self.raw_eval_dataset = None
-        self.data_stats: dict = {}
+        self.prepared: PreparedData | None = None
         self.chosen_defaults: dict = {}
 
     @classmethod
     def from_config(cls, config: FinetuneConfig, **objects) -> "FineTuner":
         """A FineTuner from a `FinetuneConfig` (what `finetune train --config x.yaml` builds);
-        `objects` may carry a preprocessor, trainer_config or inference_handler."""
-        # Only options that differ from the defaults are passed, so that a run folder given as
-        # model_id keeps its own saved settings (method, quantization, max_length, ...).
-        defaults = FinetuneConfig().to_flat()
-        changed = {k: v for k, v in config.to_flat().items() if k not in defaults or v != defaults[k]}
-        return cls(**changed, **objects)
+        `objects` may carry a preprocessor, trainer_config or inference_handler. The options the
+        config was given are passed as given (a run folder's settings yield to them)."""
+        return cls(**config.given_flat(), **objects)
+
+    # -- what preprocessing made (kept as the attributes the spec's users read) ------------
+    @property
+    def tokenized_dataset(self):
+        return self.prepared.train if self.prepared else None
+
+    @property
+    def eval_dataset(self):
+        return self.prepared.eval if self.prepared else None
+
+    @property
+    def raw_eval_dataset(self):
+        return self.prepared.raw_eval if self.prepared else None
+
+    @property
+    def data_stats(self) -> dict:
+        return self.prepared.stats if self.prepared else {}
 
     # -- small helpers --------------------------------------------------------------------
     def _bits(self) -> int:
@@ -137,6 +154,16 @@ class FineTuner:
     def is_encoder_decoder(self) -> bool:
         return is_encoder_decoder(self.model.config)
 
+    def _use_chat_format(self, fmt: ChatFormat) -> None:
+        """From now on prompts are rendered as `fmt` (the model was trained with it)."""
+        if fmt != self.chat_format and fmt.fallback:
+            logger.info("The tokenizer has no chat template; the model is trained with a plain "
+                        "'role: content' one, which generation now uses too (and the run folder "
+                        "saves with the tokenizer).")
+        self.chat_format = fmt
+        if self._own_handler:
+            self.inference_handler = self.inference_handler.with_chat_format(fmt)
+
     # -- the spec's methods ---------------------------------------------------------------
     def __call__(self, prompt_text, max_length: int | None = None) -> str:
         return self.generate(prompt_text, max_length)
@@ -149,113 +176,79 @@ class FineTuner:
             self.max_length if max_length is None else max_length)
 
     def preprocess_data(self):
-        """Load `dataset_name`, tokenize it with the preprocessor and return the tokenized
-        training `Dataset` (raw columns removed). A validation split, if any, is kept in
-        `self.eval_dataset` (tokenized) and `self.raw_eval_dataset` (as given)."""
+        """Load `dataset_name`, split it (its validation split, `eval_fraction`, or for a set
+        without one: 10% held out from 20 rows on, else its training rows; see
+        `data.sources.split_for_training`), tokenize it with the preprocessor and return the
+        tokenized training `Dataset`. Nothing else changes: `generate()` answers as before."""
         if self.dataset_name is None:
             raise ConfigError("preprocess_data() needs a dataset: pass FineTuner(dataset_name=...), "
                               "e.g. dataset_name='dialogue' or a path to a .jsonl file.")
-        train, eval_set = split_dataset(load_source(self.dataset_name), self.eval_fraction,
-                                        self.config.training.seed)
-        self._install_chat_template(train)
-        self.data_stats = {}
-        self.tokenized_dataset = self._tokenize(train, "train")
-        self.raw_eval_dataset = eval_set
-        self.eval_dataset = self._tokenize(eval_set, "eval") if eval_set is not None else None
-        return self.tokenized_dataset
+        self.prepared = prepare_data(
+            self.dataset_name, self.preprocessor, self.tokenizer, self.model.config,
+            eval_fraction=self.eval_fraction, seed=self.config.training.seed,
+            use_chat_template=self.config.data.use_chat_template,
+            system_prompt=self.config.generation.system_prompt)
+        logger.info("Evaluation uses %s.", self.prepared.split.note)
+        return self.prepared.train
 
-    def _install_chat_template(self, train) -> None:
-        """The one chat-template decision (`data.chat_template.template_for`), put on the
-        tokenizer before tokenizing so training, generation and the saved tokenizer agree."""
-        data_format = getattr(self.preprocessor, "data_format", None)
-        if data_format is None:
-            return
-        self.tokenizer.chat_template = template_for(self.tokenizer, self.model.config, data_format(train))
-
-    def _tokenize(self, split, name: str):
-        """Run the preprocessor on one split, check its output is what the trainer consumes, and
-        keep its stats (if it has any) under `name`."""
-        dataset = self.preprocessor(split, self.tokenizer, self.model.config)
-        self.data_stats[name] = dict(getattr(self.preprocessor, "stats", None) or {})
-        columns = getattr(dataset, "column_names", None)
-        if columns is None or not {"input_ids", "labels"} <= set(columns):
-            raise DatasetError(
-                f"{type(self.preprocessor).__name__} returned {type(dataset).__name__} with columns "
-                f"{columns}; a preprocessor must return a datasets.Dataset with 'input_ids' and "
-                "'labels' (-100 where no loss is wanted)."
-            )
-        return dataset
+    def _prepared_for_now(self) -> PreparedData:
+        """The prepared data of the current `dataset_name` (prepared again if it changed)."""
+        if self.prepared is None or self.prepared.source is not self.dataset_name:
+            if self.prepared is not None:
+                logger.info("dataset_name changed since preprocess_data(); preparing %r.",
+                            self.dataset_name)
+            self.preprocess_data()
+        return self.prepared
 
     def train(self, output_dir: str | None = None, num_train_epochs: float | None = None, *,
               eval_before: bool | None = None, resume_from_checkpoint=None,
               overwrite_output_dir: bool | None = None) -> dict:
         """Fine-tune on the dataset; save the adapter (or full model), tokenizer, run config and
         report in `output_dir`. Arguments left out come from the configuration. Returns the
-        training metrics, and with an eval split the evaluation metrics (`eval_loss`, ...);
-        with `eval_before=True` also `before` and `after` evaluations.
+        training metrics and the evaluation metrics (`eval_loss`, ...; see `preprocess_data` for
+        which rows); with `eval_before=True` also `before` and `after` evaluations.
 
         `resume_from_checkpoint=True` continues an interrupted run from the latest
         `checkpoint-*` in `output_dir` (or from the checkpoint folder given): adapter, optimizer,
         scheduler, RNG and data position are restored. A folder that holds another run is
         refused unless `overwrite_output_dir=True` (its contents are deleted first)."""
-        problems = Problems("FineTuner.train")
-        from .config import check_number
-
-        check_number(problems, "num_train_epochs", num_train_epochs)
-        for name, value in (("eval_before", eval_before), ("overwrite_output_dir", overwrite_output_dir)):
-            if value is not None and not isinstance(value, bool):
-                problems.add(name, value, "must be True or False.")
-        problems.raise_if_any()
-        if eval_before is None:
-            eval_before = self.config.training.eval_before
-        if overwrite_output_dir is None:
-            overwrite_output_dir = self.config.training.overwrite_output_dir
-        if self.tokenized_dataset is None:
-            self.preprocess_data()  # may raise on bad data: nothing has been written yet
-        method = "qlora" if self._bits() else self.config.method.method
-        epochs = num_train_epochs if num_train_epochs is not None else \
-            getattr(self.trainer_config, "training_args", {}).get("num_train_epochs")
-        self.chosen_defaults = auto_defaults.choose_defaults(
-            method, len(self.tokenized_dataset), epochs, replay=self._replay_possible(),
-            n_tokens=_token_count(self.tokenized_dataset))
-        args = self._training_arguments(output_dir, num_train_epochs)
-        resume = _resume_value(resume_from_checkpoint if resume_from_checkpoint is not None
-                               else args.resume_from_checkpoint)
-        out = prepare_output_dir(args.output_dir, resume=resume is not None,
-                                 overwrite=overwrite_output_dir, main_process=args.process_index == 0)
-        checkpoint = find_checkpoint(out, resume)
+        self._check_train_arguments(output_dir, num_train_epochs, eval_before, overwrite_output_dir)
+        cfg = self.config.training
+        eval_before = cfg.eval_before if eval_before is None else eval_before
+        overwrite = cfg.overwrite_output_dir if overwrite_output_dir is None else overwrite_output_dir
+        prepared = self._prepared_for_now()  # may raise on bad data: nothing written yet
+        replay_n = self._choose_defaults(prepared, num_train_epochs)
+        args = self._training_arguments(output_dir, num_train_epochs, prepared)
+        checkpoint_wanted = resume_from_checkpoint if resume_from_checkpoint is not None \
+            else args.resume_from_checkpoint
+        out = prepare_output_dir(args.output_dir, resume=resume_requested(checkpoint_wanted) is not None,
+                                 overwrite=overwrite, main_process=args.process_index == 0)
+        checkpoint = resolve_resume(out, checkpoint_wanted)
         started = time.time()
-        before = self.evaluate() if eval_before and self.raw_eval_dataset is not None else None
-        train_set = self._with_self_replay(self.tokenized_dataset, self.chosen_defaults["replay_rows"])
+        before = self._evaluate_prepared(prepared) if eval_before and prepared.eval is not None else None
+        self._use_chat_format(prepared.chat_format)  # what the model is trained with
+        train_set = self._with_replay(prepared.train, replay_n)
         trainer = self.trainer_config.build_trainer(
-            model=self.model, args=args, tokenizer=self.tokenizer,
-            train_dataset=train_set, eval_dataset=self.eval_dataset,
+            model=self.model, args=args, tokenizer=self.tokenizer, train_dataset=train_set,
+            eval_dataset=prepared.eval if prepared.split.held_out is not None else None,
             encoder_decoder=self.is_encoder_decoder)
-        trainer.add_callback(meter_callback(self.model, train_set, out, self.dtype, self.device))
+        trainer.add_callback(meter_callback(self.model, train_set, out, args, self.device,
+                                            head_everywhere=not uses_labelled_loss(trainer)))
         trainer.add_callback(NonFiniteGuard(self.model, out))
         stopper = StopFileCallback(out)
         trainer.add_callback(stopper)
         if args.process_index == 0:  # the settings first: a crashed run can be resumed from them
-            write_text_atomic(out / RUN_YAML_FILE, self.resolved_config(args, out).to_yaml())
-        if checkpoint:
-            logger.info("Resuming from %s.", checkpoint)
-        try:
-            metrics = dict(trainer.train(resume_from_checkpoint=checkpoint).metrics)
-        except Exception as exc:
-            if is_out_of_memory(exc):
-                raise TrainingError(out_of_memory_message(exc, args)) from exc
-            raise
+            write_text_atomic(out / "config.yaml", self.resolved_config(args, out).to_yaml())
+        metrics = run_trainer(trainer, checkpoint, args)
         after = None
-        if self.eval_dataset is not None:
+        if prepared.split.held_out is not None:
             metrics.update(trainer.evaluate())
-            if eval_before:
-                after = self.evaluate()
-                metrics.update(before=before, after=after)
+        if eval_before and prepared.eval is not None:
+            after = self._evaluate_prepared(prepared)
+            metrics.update(before=before, after=after, eval_split=prepared.split.kind)
         if stopper.stopped_at is not None:
             metrics["stopped_at_step"] = stopper.stopped_at
-            logger.info("Stopped on request (%s) at step %d; a checkpoint was saved.", STOP_FILE,
-                        stopper.stopped_at)
-        state_dict = _gathered_state_dict(trainer)  # sharded weights: every process takes part
+        state_dict = gathered_state_dict(trainer)  # sharded weights: every process takes part
         if args.process_index != 0:  # one process writes; the others end here
             return metrics
         record = self.save(out, training_args=args, metrics=metrics, state_dict=state_dict)
@@ -264,103 +257,134 @@ class FineTuner:
         logger.info("Run report: %s", paths["report"])
         return metrics
 
-    def _replay_possible(self) -> bool:
-        """Self-replay needs a decoder-only chat model (its answers to chat prompts) and the
-        default preprocessor (which knows how to tokenize prompt/completion rows)."""
-        return bool(self.config.training.self_replay and not self.is_encoder_decoder
-                    and getattr(self.tokenizer, "chat_template", None)
-                    and isinstance(self.preprocessor, DefaultPreprocessor))
+    def _check_train_arguments(self, output_dir, num_train_epochs, eval_before, overwrite_output_dir):
+        problems = Problems("FineTuner.train")
+        check_number(problems, "num_train_epochs", num_train_epochs)
+        for name, value in (("eval_before", eval_before), ("overwrite_output_dir", overwrite_output_dir)):
+            if value is not None and not isinstance(value, bool):
+                problems.add(name, value, "must be True or False.")
+        if output_dir is not None:
+            try:
+                output_folder(output_dir)
+            except ConfigError as exc:
+                problems.items.append(str(exc))
+        max_steps = self.trainer_config_value("max_steps")
+        if num_train_epochs is not None and isinstance(max_steps, int) and max_steps > 0:
+            problems.add("num_train_epochs", num_train_epochs, f"has no effect: max_steps="
+                         f"{max_steps} is set and decides the length of the run; pass one of the two.")
+        problems.raise_if_any()
 
-    def _with_self_replay(self, train_set, n: int):
-        """`train_set` plus up to `n` rows of the model's own answers to general prompts
-        (`data.replay`), generated now, before any update; answers that hit the length limit
-        are left out (a cut-off answer would teach the model to stop mid-sentence)."""
+    def trainer_config_value(self, name: str):
+        """A TrainingArguments field as this run's trainer config sets it (None: not set)."""
+        return getattr(self.trainer_config, "training_args", {}).get(name)
+
+    def _choose_defaults(self, prepared: PreparedData, num_train_epochs) -> int:
+        """The settings chosen from the data (`train.defaults`); returns the replay row count."""
+        method = "qlora" if self._bits() else self.config.method.method
+        epochs = num_train_epochs if num_train_epochs is not None else self.trainer_config_value("num_train_epochs")
+        self.chosen_defaults = auto_defaults.choose_defaults(
+            method, len(prepared.train), epochs, replay=self._replay_possible(prepared),
+            n_tokens=auto_defaults.token_count(prepared.train))
+        return self.chosen_defaults["replay_rows"]
+
+    def _replay_possible(self, prepared: PreparedData) -> bool:
+        """Self-replay needs a decoder-only chat model whose prompts are wrapped in its template
+        (its answers to chat prompts) and the default preprocessor (which knows how to tokenize
+        prompt/completion rows)."""
+        fmt = prepared.chat_format
+        return bool(self.config.training.self_replay and not self.is_encoder_decoder
+                    and fmt.chat and fmt.wrap_text and isinstance(self.preprocessor, DefaultPreprocessor))
+
+    def _with_replay(self, train_set, n: int):
+        """`train_set` plus up to `n` rows of the model's own answers to general prompts, made
+        now, before any update (`data.replay`), rendered with the run's chat format."""
         if n <= 0:
             return train_set
         import datasets
 
-        from .data.replay import REPLAY_MAX_NEW_TOKENS, self_replay_rows
-
         def answers(prompts):
-            outs = self.inference_handler.generate_batch(prompts, self.model, self.tokenizer,
-                                                         self.device, REPLAY_MAX_NEW_TOKENS)
-            return [o.text if o.finished_with_eos else None for o in outs]
+            return finished_answers(prompts, self.model, self.tokenizer, self.device,
+                                    REPLAY_MAX_NEW_TOKENS, self.chat_format)
 
-        rows = self_replay_rows(answers, n, batched=True)
-        self.data_stats["self_replay_rows"] = len(rows)
+        replay = replay_dataset(answers, n, self.tokenizer, self.model.config, self.chat_format,
+                                train_set.column_names)
+        rows = 0 if replay is None else len(replay)
+        self.prepared.stats["self_replay_rows"] = rows
         logger.info("Self-replay: %d of the model's own answers to general prompts added to %d "
-                    "training rows.", len(rows), len(train_set))
-        if not rows:
-            return train_set
-        replay = DefaultPreprocessor(use_chat_template=True)(
-            datasets.Dataset.from_list(rows), self.tokenizer, self.model.config)
-        return datasets.concatenate_datasets([train_set, replay.select_columns(train_set.column_names)])
+                    "training rows.", rows, len(train_set))
+        return train_set if replay is None else datasets.concatenate_datasets([train_set, replay])
 
-    def _training_arguments(self, output_dir, num_train_epochs):
-        call = self.trainer_config.training_arguments
-        kwargs = dict(output_dir=output_dir, num_train_epochs=num_train_epochs,
-                      encoder_decoder=self.is_encoder_decoder, device=self.device)
-        if "defaults" in inspect.signature(call).parameters:
-            kwargs["defaults"] = self.chosen_defaults["training"]
-        args = call(**kwargs)
+    def _training_arguments(self, output_dir, num_train_epochs, prepared: PreparedData):
+        args = self.trainer_config.training_arguments(
+            output_dir=output_dir, num_train_epochs=num_train_epochs,
+            encoder_decoder=self.is_encoder_decoder, device=self.device,
+            defaults=self.chosen_defaults["training"])
         if args.num_train_epochs <= 0 and args.max_steps <= 0:
             raise ConfigError(f"num_train_epochs={args.num_train_epochs!r} must be a positive number, e.g. 3.")
+        if str(getattr(args.eval_strategy, "value", args.eval_strategy)) != "no" \
+                and prepared.split.held_out is None:
+            raise ConfigError(f"eval_strategy={getattr(args.eval_strategy, 'value', args.eval_strategy)!r} "
+                              f"evaluates during training, but evaluation uses {prepared.split.note}. "
+                              "Pass eval_fraction=0.1 (or a dataset with a validation split), or "
+                              "eval_strategy='no'.")
         chosen = {k: getattr(args, k) for k in self.chosen_defaults["training"]}
-        logger.info("Training settings for %d examples (%s): %s", len(self.tokenized_dataset),
+        logger.info("Training settings for %d examples (%s): %s", len(prepared.train),
                     self.chosen_defaults["rule"], ", ".join(f"{k}={v}" for k, v in chosen.items()))
         return args
 
     # -- extras ---------------------------------------------------------------------------
     def evaluate(self, dataset=None, *, max_new_tokens: int | None = None, batch_size: int = 16,
                  limit: int | None = None) -> dict:
-        """Loss and perplexity on the eval split (or `dataset`), and on rows with a reference
-        answer, generation metrics: exact match, chrF, and the share of generations that ended
-        with EOS. Generation is batched and uses the same chat template as training.
-        `max_new_tokens` defaults to twice the longest reference plus 8, capped by max_length."""
+        """Loss and perplexity on the evaluation rows (see `preprocess_data` for which; or on
+        `dataset`), and on rows with a reference answer, generation metrics: exact match, chrF,
+        and the share of generations that ended with EOS. Generation is batched and renders
+        prompts as training did. `max_new_tokens` defaults to twice the longest reference plus 8,
+        capped by max_length. The result's "eval_split" says which rows were used."""
+        if dataset is None:
+            if self.dataset_name is None:
+                raise DatasetError("evaluate() has no dataset: pass FineTuner(dataset_name=...) or "
+                                   "evaluate(dataset=...).")
+            prepared = self._prepared_for_now()
+            if prepared.eval is None:
+                raise DatasetError(f"evaluate() has no rows to use: {prepared.split.note}. Pass "
+                                   "evaluate(dataset=...) or FineTuner(eval_fraction=0.1).")
+            return self._evaluate_prepared(prepared, max_new_tokens, batch_size, limit)
+        train, held_out = split_dataset(load_source(dataset, name="dataset"))
+        raw = held_out if held_out is not None else train  # a DatasetDict: its validation split
+        fmt = self.prepared.chat_format if self.prepared else self.chat_format
+        tokenized, _ = tokenize(self.preprocessor, raw, self.tokenizer, self.model.config, fmt)
+        result = self._evaluate_rows(raw, tokenized, fmt, max_new_tokens, batch_size, limit)
+        result["eval_split"] = "dataset argument"
+        return result
+
+    def _evaluate_prepared(self, prepared: PreparedData, max_new_tokens=None, batch_size=16, limit=None):
+        result = self._evaluate_rows(prepared.raw_eval, prepared.eval, prepared.chat_format,
+                                     max_new_tokens, batch_size, limit)
+        result["eval_split"] = prepared.split.kind
+        return result
+
+    def _evaluate_rows(self, raw, tokenized, chat_format, max_new_tokens, batch_size, limit):
         from .infer.evaluate import evaluate_split
 
-        if dataset is None:
-            if self.tokenized_dataset is None and self.dataset_name is not None:
-                self.preprocess_data()
-            raw, tokenized = self.raw_eval_dataset, self.eval_dataset
-            if raw is None:
-                raise DatasetError("evaluate() has no eval split: the dataset has no validation "
-                                   "split; pass evaluate(dataset=...) or FineTuner(eval_fraction=0.1).")
-        else:
-            train, held_out = split_dataset(load_source(dataset, name="dataset"))
-            raw = held_out if held_out is not None else train  # a DatasetDict: its validation split
-            tokenized = self._tokenize(raw, "evaluate")
         if limit is not None:
             raw = raw.select(range(min(limit, len(raw))))
             tokenized = tokenized.select(range(min(limit, len(tokenized))))
-        return evaluate_split(self, raw, tokenized, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        return evaluate_split(self, raw, tokenized, chat_format=chat_format,
+                              max_new_tokens=max_new_tokens, batch_size=batch_size)
 
     def save(self, output_dir, training_args=None, metrics: dict | None = None, *,
              state_dict: dict | None = None) -> dict:
-        """Save the adapter (PEFT safetensors; the whole model for method='full'), the tokenizer,
-        the resolved `config.yaml` and `finetuner_config.json`. Everything is written to a
-        staging folder first and moved into place with `finetuner_config.json` last: its
-        presence marks a complete save. Files of an earlier save that this one does not write
-        (e.g. an old chat template) are removed, so runs never mix."""
-        out = _check_output_dir(output_dir)
-        staging = out / ".saving"
-        if staging.exists():
-            shutil.rmtree(staging)
-        staging.mkdir(parents=True)
-        try:
-            extra = {"state_dict": state_dict} if state_dict is not None else {}
-            self.model.save_pretrained(staging, safe_serialization=True, **extra)
-            self.tokenizer.save_pretrained(staging)
-            resolved = self.resolved_config(training_args, out)
-            write_text_atomic(staging / RUN_YAML_FILE, resolved.to_yaml())
-            record = run_record(self, resolved, training_args, metrics)
-            record["files"] = sorted([p.name for p in staging.iterdir()] + [RUN_CONFIG_FILE])
-            write_json_atomic(staging / RUN_CONFIG_FILE, record)
-            commit_files(staging, out, _previous_files(out))
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        return record
+        """Save the adapter (PEFT safetensors; the whole model for method='full'), the tokenizer
+        (with the chat template the model was trained with), the resolved `config.yaml` and
+        `finetuner_config.json`, staged so the folder never holds a partial save
+        (`train.saving`)."""
+        out = output_folder(output_dir)
+        resolved = self.resolved_config(training_args, out)
+        return save_run(out, model=self.model,
+                        tokenizer=tokenizer_with_template(self.tokenizer, self.chat_format),
+                        config_yaml=resolved.to_yaml(),
+                        record=run_record(self, resolved, training_args, metrics),
+                        state_dict=state_dict)
 
     def export(self, path, merged: bool = True, gguf: str | None = None, overwrite: bool = False) -> dict:
         """Take the model out of the package: `merged=True` writes a plain transformers folder
@@ -373,80 +397,6 @@ class FineTuner:
 
     def resolved_config(self, training_args=None, output_dir=None) -> FinetuneConfig:
         """The configuration with automatic choices filled in, as `config.yaml` records it."""
-        import copy
-        import dataclasses
-
-        cfg = copy.deepcopy(self.config)
-        if not isinstance(self.dataset_name, (str, os.PathLike, type(None))):
-            cfg.data.dataset_name = None  # an in-memory dataset cannot be written to YAML
-        if output_dir is not None:
-            cfg.training.output_dir = str(output_dir)
-        if training_args is not None:
-            for f in dataclasses.fields(cfg.training):
-                if hasattr(training_args, f.name) and f.name != "output_dir":
-                    value = getattr(training_args, f.name)
-                    setattr(cfg.training, f.name, _yaml_value(value))
-        # how this run was started, not a setting to repeat: a rerun from config.yaml starts afresh
-        cfg.training.resume_from_checkpoint = None
-        cfg.training.overwrite_output_dir = False
-        peft_config = getattr(self.model, "peft_config", {}).get("default")
-        if peft_config is not None and cfg.method.method != "full":
-            # as chosen here ("all-linear" or names), not peft's expansion into full module paths
-            t = self._lora_targets
-            if t is not None:
-                cfg.method.lora_target_modules = [t] if isinstance(t, str) else list(t)
-            cfg.method.lora_task_type = str(getattr(peft_config.task_type, "value", peft_config.task_type))
-        return cfg
-
-
-def _yaml_value(value):
-    value = getattr(value, "value", value)  # enums (schedulers, strategies) as their names
-    if isinstance(value, (list, tuple)):
-        return [getattr(v, "value", v) for v in value]
-    return value
-
-
-def _gathered_state_dict(trainer) -> dict | None:
-    """The full weights when FSDP or DeepSpeed shard them across processes (a collective call:
-    every process must make it); None when the model is whole in every process."""
-    if getattr(trainer, "is_fsdp_enabled", False):
-        return trainer.accelerator.get_state_dict(trainer.model)
-    if getattr(trainer, "is_deepspeed_enabled", False):
-        return trainer.accelerator.get_state_dict(trainer.deepspeed)
-    return None
-
-
-def _resume_value(value):
-    """resume_from_checkpoint as None (start afresh), True (the latest checkpoint) or a path."""
-    if value is None or value is False or (isinstance(value, str) and value.lower() in ("", "false", "no")):
-        return None
-    if value is True or (isinstance(value, str) and value.lower() in ("true", "yes", "latest")):
-        return True
-    if isinstance(value, (str, os.PathLike)):
-        return os.fspath(value)
-    raise ConfigError(f"resume_from_checkpoint={value!r} must be True (the latest checkpoint in "
-                      "output_dir) or the path of a checkpoint-N folder.")
-
-
-def _previous_files(out: Path) -> list[str]:
-    """The files the last complete save in `out` wrote (listed in its run record)."""
-    import json
-
-    try:
-        return list(json.loads((out / RUN_CONFIG_FILE).read_text()).get("files") or [])
-    except (OSError, ValueError, AttributeError):
-        return []
-
-
-def _check_output_dir(output_dir) -> Path:
-    out = Path(output_dir)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"output_dir={str(out)!r} is an existing file; pass a folder path.")
-    return out
-
-
-def _token_count(dataset) -> int | None:
-    """All rows' input tokens (the epoch-count rule's time budget); None without input_ids."""
-    if "input_ids" not in getattr(dataset, "column_names", ()):
-        return None
-    return int(sum(len(ids) for ids in dataset["input_ids"]))
+        return resolved_config(self.config, training_args=training_args, output_dir=output_dir,
+                               dataset_name=self.dataset_name, lora_targets=self._lora_targets,
+                               peft_config=getattr(self.model, "peft_config", {}).get("default"))

@@ -23,7 +23,7 @@ def test_shape_and_ranges(method):
         if method == "full":
             assert d["lora"] is None and t["learning_rate"] <= 1e-4
         else:
-            assert d["lora"]["target_modules"] == "all-linear" and d["lora"]["r"] > 0
+            assert d["lora"] == {"target_modules": "all-linear"}
             assert 1e-4 <= t["learning_rate"] <= 2e-3
 
 

@@ -10,6 +10,7 @@ chat template and greedy decoding as everywhere else.
     from finetuning_suite.data.replay import self_replay_rows
     rows = self_replay_rows(lambda p: ft.generate(p, 64), 16)          # one prompt at a time
     rows = self_replay_rows(batch_generate, 16, batched=True)          # a list -> list callable
+    replay = replay_dataset(batch_generate, 16, tokenizer, model.config, chat_format, columns)
 
 The prompts below are distinct from the benchmark's held-out general questions
 (`builtin/general.jsonl`), so "general answers kept" is never measured on a replayed prompt.
@@ -141,3 +142,19 @@ def self_replay_rows(generate: Callable, n: int, *, batched: bool = False,
         if len(rows) == n:
             break
     return rows
+
+
+def replay_dataset(answers: Callable, n: int, tokenizer, model_config, chat_format, columns):
+    """Up to `n` self-replay rows, tokenized as training rows of the run are (`chat_format`), with
+    `columns` only (the training set's), or None when no answer was usable. `answers` is a
+    batched `list of prompts -> list of answers or None` callable (see `self_replay_rows`)."""
+    rows = self_replay_rows(answers, n, batched=True)
+    if not rows:
+        return None
+    import datasets
+
+    from .preprocessing import DefaultPreprocessor
+
+    tokenized = DefaultPreprocessor()(datasets.Dataset.from_list(rows), tokenizer, model_config,
+                                      chat_format=chat_format)
+    return tokenized.select_columns(list(columns))

@@ -33,6 +33,7 @@ import difflib
 import json
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DatasetError
@@ -176,15 +177,77 @@ def _json_rows(path: str):
                 raise DatasetError(f"{path}, line {exc.lineno}: not valid JSON ({exc.msg}, column "
                                    f"{exc.colno}). Fix that line. {_JSON_HELP}") from exc
             for i, row in enumerate(rows, 1):
+                _check_unicode(row, f"{path}, item {i}")
                 yield f"item {i}", row
             return
         for n, line in enumerate(fh, 1):
             if line.strip():
                 try:
-                    yield f"line {n}", json.loads(line)
+                    row = json.loads(line)
                 except json.JSONDecodeError as exc:
                     raise DatasetError(f"{path}, line {n}: not valid JSON ({exc.msg}, column "
                                        f"{exc.colno}). Fix that line. {_JSON_HELP}") from exc
+                _check_unicode(row, f"{path}, line {n}")
+                yield f"line {n}", row
+
+
+def _check_unicode(value, where: str) -> None:
+    """JSON can spell a lone UTF-16 surrogate (`"\\ud83d"` without its pair), which is not text:
+    refuse it here, naming the line, rather than as an encoder's error later."""
+    if isinstance(value, str):
+        bad = next((c for c in value if "\ud800" <= c <= "\udfff"), None)
+        if bad is not None:
+            raise DatasetError(f"{where}: holds the escape \\u{ord(bad):04x}, half of a UTF-16 surrogate "
+                               "pair, which is not a character. Write the character itself (or its "
+                               "full pair of escapes), or remove it.")
+    elif isinstance(value, dict):
+        for item in value.values():
+            _check_unicode(item, where)
+    elif isinstance(value, list):
+        for item in value:
+            _check_unicode(item, where)
+
+
+def _kind(value) -> str | None:
+    """A JSON value's kind as a table column holds it (None: null, which any column allows)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "text"
+    return "a list" if isinstance(value, list) else "an object" if isinstance(value, dict) else type(value).__name__
+
+
+def _one_kind_per_column(rows, source: str | None) -> list:
+    """The rows with every column holding one kind of value (a table column has one type, and
+    pyarrow's own error names neither the row nor the column). Numbers in a column of text are
+    read as their text ("How many moons?" -> 7 is the answer "7"); any other mix is refused,
+    naming both rows."""
+    first: dict[str, tuple[str, str]] = {}
+    mixed: set[str] = set()
+    at = f"{source}, " if source else ""
+    for where, row in rows:
+        for column, value in row.items():
+            kind = _kind(value)
+            if kind is None:
+                continue
+            seen = first.setdefault(column, (kind, where))
+            if seen[0] == kind:
+                continue
+            if {seen[0], kind} == {"a number", "text"}:
+                mixed.add(column)
+                continue
+            raise DatasetError(
+                f"{at}{where}: column {column!r} holds {kind} ({value!r:.60}), but in "
+                f"{seen[1]} it holds {seen[0]}. A column must hold one kind of value in every "
+                "row: fix this row (or that one).")
+    if not mixed:
+        return rows
+    return [(where, {c: (str(v) if c in mixed and _kind(v) == "a number" else v) for c, v in row.items()})
+            for where, row in rows]
 
 
 def _load_json(path) -> "datasets.Dataset":
@@ -253,6 +316,7 @@ def _from_rows(rows: list, path: str | None = None) -> "datasets.Dataset":
     import datasets
 
     check_rows(rows, path)
+    rows = _one_kind_per_column(rows, path)
     try:
         return datasets.Dataset.from_list([row for _, row in rows])
     except Exception as exc:  # pyarrow type clashes between rows
@@ -329,6 +393,52 @@ def split_dataset(data, eval_fraction: float | None = None, seed: int = 42):
         parts = train.train_test_split(test_size=eval_fraction, seed=seed)
         train, eval_set = parts["train"], parts["test"]
     return train, eval_set
+
+
+# eval_fraction left empty: hold out this share of the rows from AUTO_EVAL_MIN_ROWS rows on (at
+# most AUTO_EVAL_MAX rows); a smaller set is too precious to split, so it is evaluated on its
+# training rows, and the results say so.
+AUTO_EVAL_FRACTION = 0.1
+AUTO_EVAL_MIN_ROWS = 20
+AUTO_EVAL_MAX = 200
+
+
+@dataclass(frozen=True)
+class Split:
+    """A dataset split for a run. `eval` is the rows evaluation uses: the dataset's own
+    validation split (`kind="validation"`), rows held out (`"held_out"`), the training rows
+    themselves for a small set with no split asked for (`"training_rows"`), or None when
+    `eval_fraction=0` (`"none"`). `note` says which, for logs and results."""
+
+    train: object
+    eval: object | None
+    kind: str
+    note: str
+
+    @property
+    def held_out(self):
+        """The eval rows when they are not training rows (what the Trainer may evaluate)."""
+        return self.eval if self.kind in ("validation", "held_out") else None
+
+
+def split_for_training(data, eval_fraction: float | None = None, seed: int = 42) -> Split:
+    """The run's split of `data` (a Dataset or DatasetDict): the dataset's validation split when
+    it has one; else `eval_fraction` of the rows (0: none); left empty, the rule above."""
+    train, own = split_dataset(data)
+    if own is not None:
+        return Split(train, own, "validation", f"the dataset's validation split ({len(own)} rows)")
+    if eval_fraction == 0:
+        return Split(train, None, "none", "no evaluation split (eval_fraction=0)")
+    if eval_fraction is None:
+        if len(train) < AUTO_EVAL_MIN_ROWS:
+            return Split(train, train, "training_rows",
+                         f"the {len(train)} training rows themselves: the set is too small to hold "
+                         f"rows out (fewer than {AUTO_EVAL_MIN_ROWS}); pass eval_fraction or a "
+                         "validation file to measure on unseen rows")
+        eval_fraction = min(AUTO_EVAL_FRACTION, AUTO_EVAL_MAX / len(train))
+    train, held = split_dataset(train, eval_fraction, seed)
+    return Split(train, held, "held_out", f"{len(held)} rows held out of {len(train) + len(held)} "
+                 f"(eval_fraction={eval_fraction:.3g}, seed {seed}); not trained on")
 
 
 def check_source(source) -> str | None:

@@ -55,7 +55,9 @@ fields, LoRA arguments, `num_train_epochs`) win. Pure function, no torch import.
 from __future__ import annotations
 
 
-METHODS = ("lora", "qlora", "full")
+from ..config.options import ALL_LINEAR, METHODS  # the one list of methods
+
+LORA_TARGETS = ALL_LINEAR  # the layers LoRA adapts when lora_target_modules is not given
 
 TOKEN_BUDGET = 36_000      # training tokens per run (epochs * tokens per epoch): ~5 min on 2 cores
 TOKENS_PER_ROW = 48        # assumed when the rows' tokens are not known
@@ -92,7 +94,8 @@ def choose_defaults(method: str, n_examples: int | None, num_train_epochs: float
       training: TrainingArguments fields (learning_rate, per_device_train_batch_size,
           gradient_accumulation_steps, warmup_steps (a float < 1 is a ratio, as in
           TrainingArguments), lr_scheduler_type, weight_decay, num_train_epochs).
-      lora: {target_modules, r, alpha, dropout, use_rslora} for LoRA/QLoRA; None for "full".
+      lora: {target_modules} (the layers adapted when none are given) for LoRA/QLoRA; None for
+          "full". The rank, alpha and dropout are the configuration's own defaults.
       replay_rows: how many self-replay rows to append (0: none).
       rule / summary: one line for the log / run config (the same text).
     """
@@ -119,8 +122,7 @@ def choose_defaults(method: str, n_examples: int | None, num_train_epochs: float
         lr, lora = FULL_LR, None
     else:
         lr = LORA_LR if n_examples < LARGE_DATASET else LORA_LR_LARGE
-        lora = {"target_modules": "all-linear", "r": 16, "alpha": 32, "dropout": 0.05,
-                "use_rslora": False}
+        lora = {"target_modules": LORA_TARGETS}
     training = {
         "learning_rate": lr,
         "per_device_train_batch_size": batch,
@@ -134,8 +136,15 @@ def choose_defaults(method: str, n_examples: int | None, num_train_epochs: float
         training.update(gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False})
     summary = (f"defaults for {method} on {n_examples} examples: lr {lr:g}, batch {batch}, "
                f"{epochs:g} epochs, cosine, 5% warmup"
-               + (", LoRA all-linear r=16 alpha=32" if lora else ", all weights")
+               + (f", LoRA on {LORA_TARGETS} when no layers are given" if lora else ", all weights")
                + (f", +{n_replay} self-replay rows" if n_replay else ", no replay")
                + (", gradient checkpointing" if method == "qlora" else ""))
     return {"method": method, "n_examples": n_examples, "training": training, "lora": lora,
             "replay_rows": n_replay, "rule": summary, "summary": summary}
+
+
+def token_count(dataset) -> int | None:
+    """All rows' input tokens (the epoch-count rule's time budget); None without input_ids."""
+    if "input_ids" not in getattr(dataset, "column_names", ()):
+        return None
+    return int(sum(len(ids) for ids in dataset["input_ids"]))

@@ -55,6 +55,17 @@ def out_of_memory_message(exc: BaseException, args) -> str:
         "QLoRA), gradient_checkpointing=True, or shorter sequences (max_seq_length).")
 
 
+def run_trainer(trainer, checkpoint, args) -> dict:
+    """`trainer.train(resume_from_checkpoint=checkpoint)`'s metrics; a device out of memory
+    becomes a TrainingError naming the options that use less."""
+    try:
+        return dict(trainer.train(resume_from_checkpoint=checkpoint).metrics)
+    except Exception as exc:
+        if is_out_of_memory(exc):
+            raise TrainingError(out_of_memory_message(exc, args)) from exc
+        raise
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
     return isinstance(exc, oom) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())

@@ -108,3 +108,9 @@ class LabelledLossMixin:
 def trainer_class(base):
     """`base` (Trainer or a subclass) with the labelled-only loss."""
     return type(f"Labelled{base.__name__}", (LabelledLossMixin, base), {})
+
+
+def uses_labelled_loss(trainer) -> bool:
+    """Whether `trainer` computes the output layer at labelled positions only (the FLOPs count
+    of `meter.useful_flops` depends on it)."""
+    return isinstance(trainer, LabelledLossMixin) and trainer._labelled_head() is not None

@@ -3,9 +3,13 @@
 * `RunReportCallback` (a `TrainerCallback`) appends one JSON line per log event to
   `<output_dir>/metrics.jsonl`: step, epoch, elapsed seconds, train loss or eval metrics, learning
   rate, grad norm, tokens/s and, given the FLOPs per token and the machine's peak, MFU.
-* `estimate_flops_per_token(model)` counts training FLOPs per token (4N for LoRA, 6N for full
-  fine-tuning, plus attention); `measure_matmul_peak()` probes the FLOP/s this machine reaches
-  on plain matmuls, the denominator of MFU.
+* MFU, one definition for the meter, the report and `bench/speed.py`: `useful_flops(model,
+  tokens=, labelled=, sum_sq=)` counts the training FLOPs of the useful work (every weight on
+  every real token, 2 forward + 2 backward, +2 for a trained weight's own gradient; the output
+  layer only at labelled positions when the labelled-only loss runs (`train/loss.py`), since
+  that is all it computes; attention over each example's own length), and `mfu(flops_per_s,
+  peak)` divides by `measure_matmul_peak()` of the precision the matmuls run in
+  (`compute_dtype`: bf16 under bf16 autocast, the 4-bit compute dtype for QLoRA).
 * `tensorboard_available()`: whether `report_to=["tensorboard"]` can work. transformers 5.x has
   no `TrainingArguments.logging_dir`: its `TensorBoardCallback` writes event files to
   `$TENSORBOARD_LOGGING_DIR` when set, else `<output_dir>/runs/<Mon DD_HH-MM-SS>_<hostname>/`,
@@ -24,6 +28,7 @@ import logging
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -130,9 +135,10 @@ class RunReportCallback(TrainerCallback):
                 self._last_time, self._last_tokens, self._paused_at_last = now, tokens, self._paused
             record["tokens_per_s_avg"] = _rate(tokens - self._tokens0, busy_total)
             if self.flops_per_token and self.peak_flops:
-                for rate, mfu in (("tokens_per_s", "mfu"), ("tokens_per_s_avg", "mfu_avg")):
-                    if record.get(rate) is not None:
-                        record[mfu] = round(record[rate] * self.flops_per_token / self.peak_flops, 5)
+                for rate, key in (("tokens_per_s", "mfu"), ("tokens_per_s_avg", "mfu_avg")):
+                    value = mfu(record.get(rate) and record[rate] * self.flops_per_token, self.peak_flops)
+                    if value is not None:
+                        record[key] = round(value, 5)
         self._write(record)
 
     def _write(self, record: dict) -> None:
@@ -273,6 +279,63 @@ def _attention_shape(model) -> tuple[int, int]:
     return int(layers), int(heads * head_dim)
 
 
+@dataclass(frozen=True)
+class FlopShape:
+    """What `useful_flops` needs of a model: FLOPs per token of the body's weights and of the
+    output layer (forward + backward, trained weights included), and the attention shape."""
+
+    body_per_token: float
+    head_per_token: float
+    layers: int
+    attn_dim: int
+
+
+def flop_shape(model) -> FlopShape:
+    """The model's `FlopShape` (weights counted as in `estimate_flops_per_token`)."""
+    head = _output_embeddings(model)
+    weight = getattr(head, "weight", None)
+    everything = estimate_flops_per_token(model)
+    head_flops = 0.0
+    if weight is not None:
+        head_flops = (6.0 if weight.requires_grad else 4.0) * _numel(weight)
+    layers, dim = _attention_shape(model)
+    return FlopShape(everything - head_flops, head_flops, layers, dim)
+
+
+def useful_flops(shape: FlopShape, *, tokens: int, labelled: int, sum_sq: int,
+                 head_everywhere: bool) -> float:
+    """Training FLOPs of the useful work on a set of examples: `tokens` real (non-padding)
+    tokens, `labelled` of them predicting a label, `sum_sq` the sum of squared example lengths
+    (attention is quadratic in each example's own length). The output layer counts at every
+    token when `head_everywhere` (the Trainer's own loss computes it there), else at labelled
+    positions only. Padding never counts: it is waste, not work."""
+    head_tokens = tokens if head_everywhere else labelled
+    return (tokens * shape.body_per_token + head_tokens * shape.head_per_token
+            + 12.0 * shape.layers * shape.attn_dim * sum_sq)
+
+
+def mfu(flops_per_s: float | None, peak_flops: float | None) -> float | None:
+    """Model FLOPs utilisation: useful FLOPs per second over the probed matmul peak."""
+    if not flops_per_s or not peak_flops:
+        return None
+    return flops_per_s / peak_flops
+
+
+def compute_dtype(model, args=None) -> torch.dtype:
+    """The precision the matmuls of a training run execute in: bf16/fp16 under autocast
+    (`args.bf16` / `args.fp16`), a quantized model's compute dtype, else the weights' dtype."""
+    if args is not None and getattr(args, "bf16", False):
+        return torch.bfloat16
+    if args is not None and getattr(args, "fp16", False):
+        return torch.float16
+    for module in model.modules():
+        dtype = getattr(module, "compute_dtype", None)  # bitsandbytes Linear4bit
+        if isinstance(dtype, torch.dtype):
+            return dtype
+    floating = [p for p in model.parameters() if p.is_floating_point()]
+    return max(floating, key=lambda p: p.numel()).dtype if floating else torch.float32
+
+
 def measure_matmul_peak(dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
                         seconds: float = 1.0, sizes: Iterable[int] | None = None) -> float:
     """FLOP/s this machine reaches on square matmuls (2 n^3 FLOPs each), best of repeated runs:
@@ -325,10 +388,20 @@ def _cached_peak(dtype: torch.dtype, device: str) -> float | None:
         return None
 
 
-def meter_callback(model, train_dataset, output_dir, dtype: torch.dtype, device: str) -> RunReportCallback:
-    """The callback every `FineTuner.train()` run gets: FLOPs per token from the model and the
-    training lengths, the machine's matmul peak probed once per process."""
-    compute = torch.float32 if dtype == torch.float32 else dtype
-    lengths = [len(ids) for ids in train_dataset["input_ids"]]
-    fpt = estimate_flops_per_token(model, seq_len=attention_seq_len(lengths))
-    return RunReportCallback(output_dir, fpt, _cached_peak(compute, str(device)))
+def example_counts(dataset) -> dict:
+    """Real tokens, labelled positions (a label at t+1) and the sum of squared lengths of a
+    tokenized training set: what `useful_flops` takes."""
+    lengths = [len(ids) for ids in dataset["input_ids"]]
+    labelled = sum(sum(1 for label in labels[1:] if label != -100) for labels in dataset["labels"])
+    return {"tokens": sum(lengths), "labelled": labelled, "sum_sq": sum(n * n for n in lengths)}
+
+
+def meter_callback(model, train_dataset, output_dir, args, device: str, *,
+                   head_everywhere: bool) -> RunReportCallback:
+    """The callback every `FineTuner.train()` run gets: useful FLOPs per real token of this
+    training set (`useful_flops`), and the matmul peak of the precision the run computes in,
+    probed once per process."""
+    counts = example_counts(train_dataset)
+    flops = useful_flops(flop_shape(model), **counts, head_everywhere=head_everywhere)
+    per_token = flops / max(counts["tokens"], 1)
+    return RunReportCallback(output_dir, per_token, _cached_peak(compute_dtype(model, args), str(device)))

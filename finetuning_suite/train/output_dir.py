@@ -4,7 +4,8 @@ written so that a crash leaves either the old state or the new one.
 - `prepare_output_dir` runs before any training work: the folder must be writable (checked on
   the nearest existing parent, leaving nothing behind), and a folder that already holds a run is
   refused unless the user resumes it or asks to overwrite it (then its old contents are removed).
-- `find_checkpoint` resolves `resume_from_checkpoint` (True: the latest `checkpoint-*`).
+- `resolve_resume` turns `resume_from_checkpoint` (True, "true", "latest", a folder, False, None)
+  into the checkpoint folder to resume from, or None.
 - `commit_files` moves a finished save from a temporary sibling folder into place, the
   completeness marker (`finetuner_config.json`) last, and removes files of the previous save
   that the new one does not write.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -33,7 +35,9 @@ def run_files(folder: Path) -> list[str]:
 
 def check_writable(folder: Path) -> None:
     """Raise ConfigError unless `folder` (or, when it does not exist yet, its nearest existing
-    parent) can be written. Nothing is created."""
+    parent) can be written. Nothing is left behind. A real write is tried (a temporary folder,
+    removed at once): permission bits say nothing to root, and some folders (/proc, a read-only
+    mount) refuse writes whatever they say."""
     probe = folder
     while not probe.exists():
         if probe.parent == probe:
@@ -42,10 +46,12 @@ def check_writable(folder: Path) -> None:
     if probe.exists() and not probe.is_dir():
         raise ConfigError(f"output_dir={str(folder)!r}: {str(probe)!r} is a file, not a folder; "
                           "pass a folder path.")
-    if not os.access(probe, os.W_OK | os.X_OK):
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".write-check-", dir=probe))
+    except OSError as exc:
         where = "is" if probe == folder else f"would be created in {str(probe)!r}, which is"
-        raise ConfigError(f"output_dir={str(folder)!r} {where} not writable; choose a folder you "
-                          "can write to, or fix its permissions.")
+        raise ConfigError(f"output_dir={str(folder)!r} {where} not writable ({exc.strerror or exc}); "
+                          "choose a folder you can write to, or fix its permissions.") from exc
 
 
 def prepare_output_dir(output_dir, *, resume: bool, overwrite: bool, main_process: bool = True) -> Path:
@@ -84,12 +90,26 @@ def _refuse_dangerous(out: Path) -> None:
                           "(the home, current or a repository folder); pass a dedicated output_dir.")
 
 
-def find_checkpoint(output_dir, resume) -> str | None:
-    """The checkpoint folder to resume from: None when `resume` is falsy; the latest
-    `checkpoint-*` in `output_dir` when it is True (or "latest"); else the given folder."""
-    if resume is None or resume is False:
+def resume_requested(value):
+    """`resume_from_checkpoint` as None (start afresh), True (the latest checkpoint) or a path;
+    booleans may come as text from YAML and flags ("true", "latest", "no")."""
+    if value is None or value is False or (isinstance(value, str) and value.strip().lower() in ("", "false", "no")):
         return None
-    if resume is True or resume == "latest":
+    if value is True or (isinstance(value, str) and value.strip().lower() in ("true", "yes", "latest")):
+        return True
+    if isinstance(value, (str, os.PathLike)):
+        return os.fspath(value)
+    raise ConfigError(f"resume_from_checkpoint={value!r} must be True (the latest checkpoint in "
+                      "output_dir) or the path of a checkpoint-N folder.")
+
+
+def resolve_resume(output_dir, value) -> str | None:
+    """The checkpoint folder to resume from: None when `value` asks for none; the latest
+    `checkpoint-*` in `output_dir` (by step number) for True; else the folder given, checked."""
+    resume = resume_requested(value)
+    if resume is None:
+        return None
+    if resume is True:
         found = checkpoints(output_dir)
         if not found:
             raise ConfigError(
@@ -97,11 +117,11 @@ def find_checkpoint(output_dir, resume) -> str | None:
                 "resume from. Checkpoints are written every save_steps steps; train without "
                 "resume_from_checkpoint to start over.")
         return str(found[-1])
-    path = Path(os.fspath(resume))
+    path = Path(resume)
     if not (path / "trainer_state.json").is_file():
         near = checkpoints(output_dir)
         hint = f" Checkpoints in {str(output_dir)!r}: {', '.join(p.name for p in near)}." if near else ""
-        raise ConfigError(f"resume_from_checkpoint={str(resume)!r} is not a checkpoint folder (no "
+        raise ConfigError(f"resume_from_checkpoint={str(value)!r} is not a checkpoint folder (no "
                           f"trainer_state.json); pass True for the latest one, or a checkpoint-N "
                           f"folder.{hint}")
     return str(path)

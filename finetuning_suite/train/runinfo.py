@@ -88,7 +88,12 @@ def run_record(ft, resolved, training_args=None, metrics: dict | None = None) ->
         "lora": peft_config.to_dict() if peft_config is not None else None,
         "data": {"dataset": str(dataset) if dataset is not None else None,
                  "preprocessor": type(ft.preprocessor).__name__, "stats": ft.data_stats,
-                 "eval_fraction": ft.eval_fraction},
+                 "eval_fraction": ft.eval_fraction,
+                 "evaluation_rows": ft.prepared.split.note if ft.prepared else None},
+        "chat_format": {"template": ("fallback 'role: content'" if ft.chat_format.fallback else
+                                     "the tokenizer's" if ft.chat_format.chat else None),
+                        "wrap_text": ft.chat_format.wrap_text,
+                        "system_prompt": ft.chat_format.system_prompt},
         "generation": {"max_length": ft.max_length,
                        "inference_handler": type(ft.inference_handler).__name__},
         "chosen_defaults": ft.chosen_defaults,
@@ -118,3 +123,37 @@ def _trimmed(metrics: dict | None) -> dict | None:
         if isinstance(ev, dict) and len(ev.get("samples") or []) > SAMPLES_KEPT:
             out[key] = {**ev, "samples": ev["samples"][:SAMPLES_KEPT], "samples_total": len(ev["samples"])}
     return out
+
+
+def resolved_config(config, *, training_args=None, output_dir=None, dataset_name=None,
+                    lora_targets=None, peft_config=None):
+    """The configuration with the run's automatic choices filled in, as `config.yaml` records
+    it: training arguments as used, the LoRA targets as chosen ("all-linear" or names, not
+    peft's expansion into module paths), no in-memory dataset (it cannot be written to YAML), and
+    how the run was started left out (a rerun from config.yaml starts afresh)."""
+    import copy
+    import dataclasses
+
+    cfg = copy.deepcopy(config)
+    if not isinstance(dataset_name, (str, os.PathLike, type(None))):
+        cfg.data.dataset_name = None
+    if output_dir is not None:
+        cfg.training.output_dir = str(output_dir)
+    if training_args is not None:
+        for f in dataclasses.fields(cfg.training):
+            if hasattr(training_args, f.name) and f.name != "output_dir":
+                setattr(cfg.training, f.name, _yaml_value(getattr(training_args, f.name)))
+    cfg.training.resume_from_checkpoint = None
+    cfg.training.overwrite_output_dir = False
+    if peft_config is not None and cfg.method.method != "full":
+        if lora_targets is not None:
+            cfg.method.lora_target_modules = [lora_targets] if isinstance(lora_targets, str) else list(lora_targets)
+        cfg.method.lora_task_type = str(getattr(peft_config.task_type, "value", peft_config.task_type))
+    return cfg
+
+
+def _yaml_value(value):
+    value = getattr(value, "value", value)  # enums (schedulers, strategies) as their names
+    if isinstance(value, (list, tuple)):
+        return [getattr(v, "value", v) for v in value]
+    return value

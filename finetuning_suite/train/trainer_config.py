@@ -34,10 +34,12 @@ def fixed_defaults() -> dict[str, Any]:
 @runtime_checkable
 class TrainerConfig(Protocol):
     """Builds the training arguments and the trainer. Pass an instance as
-    `FineTuner(trainer_config=...)`."""
+    `FineTuner(trainer_config=...)`. `FineTuner.train` calls exactly these two methods with
+    these keywords; `defaults` are the settings chosen from the data (`train.defaults`), to
+    use for whatever the config itself does not set."""
 
     def training_arguments(self, *, output_dir: str | None, num_train_epochs: float | None,
-                           encoder_decoder: bool, device: str): ...
+                           encoder_decoder: bool, device: str, defaults: dict | None): ...
 
     def build_trainer(self, *, model, args, tokenizer, train_dataset, eval_dataset,
                       encoder_decoder: bool): ...
