@@ -134,6 +134,38 @@ def damaged(file: str, damage: Callable[[Path], None], source: str = "llama",
     return setup
 
 
+def train_after(settings: dict, *args, **kwargs):
+    """FineTuner(tiny llama, pairs file, **settings).train(*args, **kwargs) in the case folder."""
+    def setup(c):
+        path = c.write("pairs.jsonl", PAIRS)
+        return lambda: FineTuner(c.llama, device="cpu", dataset_name=path, **settings).train(*args, **kwargs)
+    return setup
+
+
+class Payload:
+    """Pickles as a call to print: what torch.load(weights_only=True) must refuse."""
+
+    def __reduce__(self):
+        return (print, ("the payload ran",))
+
+
+def pickled(source: str, adapter_of: str | None = None):
+    """A copy of the tiny `source` folder in '{tmp}/pickled' whose safetensors weights are
+    replaced by a pickle (.bin) carrying a payload, loaded as model_id or as adapter_path."""
+    def setup(c):
+        from safetensors.torch import load_file
+
+        folder = Path(shutil.copytree(getattr(c, source), c.tmp / "pickled"))
+        name = "adapter_model" if adapter_of else "model"
+        weights = load_file(str(folder / f"{name}.safetensors"))
+        (folder / f"{name}.safetensors").unlink()
+        torch.save({**weights, "payload": Payload()}, folder / ("adapter_model.bin" if adapter_of else "pytorch_model.bin"))
+        if adapter_of:
+            return lambda: FineTuner(getattr(c, adapter_of), device="cpu", adapter_path=str(folder))
+        return lambda: FineTuner(str(folder), device="cpu")
+    return setup
+
+
 def truncate(path: Path) -> None:
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
@@ -194,7 +226,7 @@ CASES = [
     Case("lora_target_modules-empty", ft(lora_target_modules=[]), ConfigError,
          ("lora_target_modules=[]",), "'all-linear'"),
     Case("lora_task_type-unknown", ft(lora_task_type="SEQ_CLS"), ConfigError,
-         ("lora_task_type='SEQ_CLS'",), "TaskType.CAUSAL_LM"),
+         ("lora_task_type='SEQ_CLS'",), "one of 'CAUSAL_LM', 'SEQ_2_SEQ_LM'"),
     Case("method-unknown", ft(method="lorax"), ConfigError, ("method='lorax'",),
          "one of 'lora', 'qlora', 'full'"),
     Case("quantize-str", ft(quantize="yes"), ConfigError, ("quantize='yes'",), "true or false"),
@@ -339,6 +371,41 @@ CASES = [
          ("max_length=0",), "e.g. max_length=64"),
     Case("generate-seq2seq-huge-max_length", on("t5", "generate", "Hi", 10**9), ConfigError,
          ("max_length=1000000000",), "max_length=2048 or less"),
+
+    # -- found by the issue-16 probe ------------------------------------------------------------
+    Case("train-epochs-against-max_steps", train_after(dict(max_steps=3), num_train_epochs=5),
+         ConfigError, ("num_train_epochs=5", "max_steps=3"), "pass one of the two"),
+    Case("fp16-on-cpu", ft(fp16=True), ConfigError, ("fp16=True", "'cpu'"), "leave fp16 off"),
+    Case("lora_r-wider-than-the-layers", ft(lora_r=50000), ConfigError,
+         ("lora_r=50000", "'k_proj' is 32 x 16"), "lora_r=16 or less"),
+    Case("train-output_dir-int", train_after({}, 123), ConfigError, ("output_dir=123",),
+         "must be a folder path"),
+    Case("device-cpu-index", ft(device="cpu:7"), ConfigError, ("device='cpu:7'",), "use 'cpu'"),
+    Case("eval_strategy-without-eval-rows", train_after(dict(eval_strategy="steps", eval_steps=1)),
+         ConfigError, ("eval_strategy='steps'", "training rows"), "eval_fraction=0.1"),
+    Case("lora_target_modules-unknown-name", ft(lora_target_modules="nope"), ConfigError,
+         ("lora_target_modules=['nope']", "q_proj"), "'all-linear'"),
+    Case("quantization_config-bool-as-text",
+         ft(quantize=True, quantization_config={"load_in_4bit": "yes"}), ConfigError,
+         ("load_in_4bit='yes'",), "true or false"),
+    Case("quantization_config-quant-type",
+         ft(quantize=True, quantization_config={"bnb_4bit_quant_type": "nf5"}), ConfigError,
+         ("bnb_4bit_quant_type='nf5'",), "one of ['nf4', 'fp4']"),
+    Case("model-pickle-payload", pickled("llama"), ModelLoadError,
+         ("{tmp}/pickled", "refused"), "use safetensors weights"),
+    Case("adapter-pickle-payload", pickled("gpt2_adapter", adapter_of="gpt2"), ModelLoadError,
+         ("{tmp}/pickled", "refused"), "use safetensors weights"),
+    Case("output_dir-under-proc", train_after({}, "/proc/finetune-out"), ConfigError,
+         ("/proc/finetune-out", "not writable"), "choose a folder you can write to"),
+    Case("dataset-lone-surrogate", data("surrogate.jsonl", PAIRS + '{"prompt": "a", "completion": "\\ud83d"}\n'),
+         DatasetError, ("{tmp}/surrogate.jsonl, line 3", "\\ud83d"), "write the character itself"),
+    Case("dataset-column-type-changes", data("types.jsonl", PAIRS + '{"prompt": ["a"], "completion": "b"}\n'),
+         DatasetError, ("{tmp}/types.jsonl, line 3", "'prompt' holds a list", "line 1 it holds text"),
+         "fix this row"),
+    Case("gguf-damaged-header",
+         after(lambda c: c.write("model.gguf", "GGUX not really a gguf file"),
+               lambda c: lambda: FineTuner("model.gguf", device="cpu")),
+         ModelLoadError, ("model.gguf", "header is damaged"), "download or copy the file again"),
 ]
 
 
@@ -393,7 +460,7 @@ def test_bad_input_is_refused_cleanly(case, tmp_path, monkeypatch, request, no_h
 
 
 def test_the_matrix_is_large():
-    assert len({c.id for c in CASES}) == len(CASES) >= 40
+    assert len({c.id for c in CASES}) == len(CASES) >= 95
 
 
 # -- what the fixes must keep working -----------------------------------------------------------

@@ -34,7 +34,7 @@ def test_absent_cuda_is_a_clear_error(tiny_llama):
 
 
 def test_unknown_device_name(tiny_llama):
-    with pytest.raises(ConfigError, match="device='gpu0' is not a device name"):
+    with pytest.raises(ConfigError, match="device='gpu0' is not a device"):
         resolve_device("gpu0")
 
 

@@ -77,6 +77,7 @@ def converted_gguf_dir(gguf_file: str | os.PathLike) -> Path:
     gguf_file = Path(gguf_file).resolve()
     if not gguf_file.is_file():
         raise ModelLoadError(f"GGUF file not found: {str(gguf_file)!r}. Check the path.")
+    check_gguf_header(gguf_file)
     key = _file_key(gguf_file)
     target = cache_dir() / "gguf" / f"{gguf_file.stem}-{key}"
     if (target / _COMPLETE_MARKER).exists():
@@ -97,6 +98,23 @@ def converted_gguf_dir(gguf_file: str | os.PathLike) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+GGUF_MAGIC = b"GGUF"
+
+
+def check_gguf_header(path: Path) -> None:
+    """Refuse a file whose header is not GGUF's (magic "GGUF", then a version 1-3 as a
+    little-endian uint32) with a message that says what was found and what to do."""
+    with path.open("rb") as fh:
+        head = fh.read(8)
+    damaged = (f"{str(path)!r} is not a readable GGUF file: its header is damaged or it is not "
+               "GGUF. Download or copy the file again (or pass a model folder as model_id).")
+    if len(head) < 8 or head[:4] != GGUF_MAGIC:
+        raise ModelLoadError(f"{damaged} (its first bytes are {head[:4]!r}, not {GGUF_MAGIC!r})")
+    version = int.from_bytes(head[4:8], "little")
+    if not 1 <= version <= 3:
+        raise ModelLoadError(f"{damaged} (header version {version}; GGUF versions are 1-3)")
 
 
 def _file_key(path: Path, chunk: int = 1 << 20) -> str:
@@ -127,7 +145,10 @@ def _convert(gguf_file: Path, out: Path) -> None:
         progress.update()
     except Exception as exc:  # transformers raises many kinds here; one clear message instead
         progress.close()
-        raise ModelLoadError(f"Could not read GGUF file {str(gguf_file)!r}: {exc}") from exc
+        raise ModelLoadError(f"Could not read GGUF file {str(gguf_file)!r} ({type(exc).__name__}: "
+                             f"{str(exc)[:300]}). The file is damaged, incomplete, or of an "
+                             "architecture transformers cannot read from GGUF: download it again, "
+                             "or pass a model folder as model_id.") from exc
     # transformers will not save a model that carries a gguf quantization config, so build a
     # plain model from the same config and copy the (already dequantized) weights into it.
     config = AutoConfig.from_pretrained(folder, gguf_file=name)

@@ -1,7 +1,8 @@
 """Find and load a model and its tokenizer.
 
 `model_id` may be:
-- `None`: the embedded SmolLM2-135M-Instruct (see `embedded.py`);
+- `None`: the embedded SmolLM2-135M-Instruct (see `embedded.py`), or the folder named by
+  `$FINETUNING_SUITE_DEFAULT_MODEL` when that is set;
 - a local model folder (with `config.json`);
 - a `.gguf` file (converted once to a cached safetensors folder, see `embedded.py`);
 - a folder written by `FineTuner.train` or any PEFT adapter folder (`adapter_config.json`):
@@ -21,6 +22,7 @@ import difflib
 import json
 import logging
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,7 +48,14 @@ class ModelSource:
     adapter_path: str | None = None
 
 
+# A model folder to use instead of the embedded one when model_id is empty (the docs test points
+# it at a tiny model; a user may point it at their own default).
+DEFAULT_MODEL_ENV = "FINETUNING_SUITE_DEFAULT_MODEL"
+
+
 def resolve_model_source(model_id: str | os.PathLike | None, adapter_path=None) -> ModelSource:
+    if model_id is None and os.environ.get(DEFAULT_MODEL_ENV):
+        return resolve_model_source(os.environ[DEFAULT_MODEL_ENV], adapter_path)
     if model_id is None or model_id == EMBEDDED_SOURCE:
         return ModelSource(EMBEDDED_SOURCE, str(embedded_model_dir()), _adapter(adapter_path))
     text = os.fspath(model_id)
@@ -239,6 +248,8 @@ def load_model(src: ModelSource, config, device: str, dtype: torch.dtype, quant_
 
     try:
         model = cls.from_pretrained(src.path, config=config, **kwargs)
+    except pickle.UnpicklingError as exc:
+        raise ModelLoadError(unsafe_pickle_message(src.source, exc)) from exc
     except SafetensorError as exc:
         raise ModelLoadError(
             f"Could not load model {src.source!r}: {damaged_weights(src.path) or 'a weights file'} "
@@ -251,6 +262,15 @@ def load_model(src: ModelSource, config, device: str, dtype: torch.dtype, quant_
     elif device == "cpu":
         keep_cpu_4bit_weights_trainable(model)
     return model
+
+
+def unsafe_pickle_message(what: str, exc: BaseException) -> str:
+    """torch refused a pickled weights file (`torch.load(weights_only=True)`): say so plainly."""
+    return (f"{what}: its pickled weights (a .bin file) hold more than tensors, so torch refused to "
+            f"load them (weights_only=True guards against code hidden in pickles: "
+            f"{str(exc).split('. ')[0][:120]}). Use safetensors weights (model.safetensors / "
+            "adapter_model.safetensors) from a source you trust, or convert the file where you "
+            "trust it.")
 
 
 def damaged_weights(folder) -> str | None:

@@ -8,28 +8,24 @@ and they do not fit, that is an error listing what the model has.
 from __future__ import annotations
 
 import logging
+import pickle
 from pathlib import Path
 
 from peft import LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_training
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from torch import nn
 
-from .facts import is_encoder_decoder
+from ..config.options import ALL_LINEAR
 from ..errors import ConfigError
+from .facts import is_encoder_decoder
 
 logger = logging.getLogger(__name__)
 
 
-class _SpecDefault(str):
-    """The spec's default task type, told apart from the same value passed explicitly."""
-
-    def __repr__(self):
-        return f"TaskType.{str(self)}"
-
-
-# Identity marks "left at the default": `lora_target_modules is SPEC_TARGET_MODULES`.
+# The spec's signature defaults, shown by `FineTuner`'s signature. Left out, they mean "the
+# model's own choice" (whether an argument was given is known by name, see `arguments.py`).
 SPEC_TARGET_MODULES = ["q", "v"]
-SPEC_TASK_TYPE = _SpecDefault(TaskType.SEQ_2_SEQ_LM.value)
+SPEC_TASK_TYPE = TaskType.SEQ_2_SEQ_LM
 SUPPORTED_TASK_TYPES = (TaskType.CAUSAL_LM, TaskType.SEQ_2_SEQ_LM)
 
 # Query/value projection names by architecture family, for models peft's table does not know.
@@ -37,27 +33,19 @@ _QV_CANDIDATES = (("q_proj", "v_proj"), ("q", "v"), ("query", "value"), ("c_attn
                   ("query_key_value",), ("qkv_proj",), ("Wqkv",))
 
 
-def parse_task_type(value) -> TaskType:
-    try:
-        task = TaskType(str(value.value if isinstance(value, TaskType) else value))
-    except ValueError:
-        task = None
-    if task not in SUPPORTED_TASK_TYPES:
-        raise ConfigError(
-            f"lora_task_type={value!r}: FineTuner trains language models; use "
-            "TaskType.CAUSAL_LM (GPT-2, Llama, ...) or TaskType.SEQ_2_SEQ_LM (T5, BART, ...)."
-        )
-    return task
+def normalise_targets(value):
+    """The config's target list as peft takes it: None, "all-linear", or a list of names."""
+    if isinstance(value, (list, tuple)) and list(value) == [ALL_LINEAR]:
+        return ALL_LINEAR
+    return list(value) if isinstance(value, tuple) else value
 
 
 def resolve_task_type(requested, is_encoder_decoder: bool) -> TaskType:
+    """The PEFT task type: the model's own (None: not given), or the one given if it fits."""
     fitting = TaskType.SEQ_2_SEQ_LM if is_encoder_decoder else TaskType.CAUSAL_LM
-    if requested is None or requested is SPEC_TASK_TYPE:
-        if fitting != TaskType.SEQ_2_SEQ_LM:
-            logger.info("lora_task_type: the spec's default SEQ_2_SEQ_LM does not fit this "
-                        "decoder-only model; using %s.", fitting.value)
+    if requested is None:
         return fitting
-    task = parse_task_type(requested)
+    task = TaskType(str(getattr(requested, "value", requested)))
     if task != fitting:
         kind = "an encoder-decoder" if is_encoder_decoder else "a decoder-only (causal)"
         raise ConfigError(
@@ -67,30 +55,44 @@ def resolve_task_type(requested, is_encoder_decoder: bool) -> TaskType:
     return task
 
 
-def adaptable_module_names(model: nn.Module) -> list[str]:
-    """Short names of the layers LoRA can wrap (Linear and GPT-2's Conv1D), lm_head excluded."""
+def adaptable_modules(model: nn.Module) -> dict[str, tuple[int, int]]:
+    """Short names of the layers LoRA can wrap (Linear and GPT-2's Conv1D, lm_head excluded) ->
+    the smallest (in, out) width among the layers of that name. Works on a meta-device model."""
     from transformers.pytorch_utils import Conv1D
 
-    names = set()
+    found: dict[str, tuple[int, int]] = {}
     for full, module in model.named_modules():
-        if isinstance(module, (nn.Linear, Conv1D)) and full.split(".")[-1] != "lm_head":
-            names.add(full.split(".")[-1])
-    return sorted(names)
+        short = full.split(".")[-1]
+        if short == "lm_head":
+            continue
+        if isinstance(module, nn.Linear):
+            dims = (module.in_features, module.out_features)
+        elif isinstance(module, Conv1D):
+            dims = tuple(module.weight.shape)
+        else:
+            continue
+        found[short] = min(found.get(short, dims), dims, key=min)
+    return found
+
+
+def adaptable_module_names(model: nn.Module) -> list[str]:
+    return sorted(adaptable_modules(model))
 
 
 def resolve_target_modules(model: nn.Module, requested) -> list[str] | str:
+    """The layers to adapt: the model's query/value projections when not given (the spec's
+    default ['q', 'v'] where the model has them), else as given, checked against the model."""
     names = adaptable_module_names(model)
-    if isinstance(requested, str):  # "all-linear" or a regex: peft validates it
+    requested = normalise_targets(requested)
+    if isinstance(requested, str):  # "all-linear" (target_modules_problem refused other text)
         return requested
-    if requested is None or requested is SPEC_TARGET_MODULES:
-        requested = SPEC_TARGET_MODULES
-        if all(t in names for t in requested):
-            return list(requested)
+    if requested is None:
+        if all(t in names for t in SPEC_TARGET_MODULES):
+            return list(SPEC_TARGET_MODULES)
         model_type = getattr(model.config, "model_type", "")
         chosen = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type)
         if not chosen or not all(t in names for t in chosen):
-            chosen = next((list(c) for c in _QV_CANDIDATES if all(t in names for t in c)),
-                          "all-linear")
+            chosen = next((list(c) for c in _QV_CANDIDATES if all(t in names for t in c)), ALL_LINEAR)
         logger.info("lora_target_modules: the spec's default ['q', 'v'] does not fit %s; using %s.",
                     model_type or type(model).__name__, chosen)
         return list(chosen) if not isinstance(chosen, str) else chosen
@@ -103,31 +105,41 @@ def resolve_target_modules(model: nn.Module, requested) -> list[str] | str:
     return list(requested)
 
 
-def validate_lora_targets(problems, *, lora_target_modules, lora_task_type) -> None:
-    """Add problems with the target modules and task type to `problems` (an errors.Problems);
-    None or the spec's defaults mean "the model's own choice"."""
-    if lora_target_modules is not None and lora_target_modules is not SPEC_TARGET_MODULES:
-        targets_ok = isinstance(lora_target_modules, str) or (
-            isinstance(lora_target_modules, (list, tuple)) and lora_target_modules
-            and all(isinstance(t, str) and t for t in lora_target_modules))
-        if not targets_ok:
-            problems.add("lora_target_modules", lora_target_modules,
-                         "must be a non-empty list of layer names such as ['q_proj', 'v_proj'], or 'all-linear'.")
-    if lora_task_type is not None and lora_task_type is not SPEC_TASK_TYPE:
-        try:
-            parse_task_type(lora_task_type)
-        except ConfigError as exc:
-            problems.items.append(str(exc))
+def check_rank(model: nn.Module, targets, r: int) -> None:
+    """A rank above the width of a layer it adapts adds parameters that cannot learn anything
+    more (the update's rank is at most the layer's width): refuse it, with the largest useful r."""
+    widths = adaptable_modules(model)
+    chosen = widths if targets == ALL_LINEAR else {t: widths[t] for t in targets if t in widths}
+    if not chosen:
+        return
+    name, dims = min(chosen.items(), key=lambda item: min(item[1]))
+    if r > min(dims):
+        raise ConfigError(f"lora_r={r!r} is larger than the layers it adapts ({name!r} is "
+                          f"{dims[0]} x {dims[1]}); pass lora_r={min(dims)} or less, e.g. 16.")
+
+
+def check_against_config(model_config, target_modules, r: int) -> None:
+    """The LoRA layer names and rank checked against the model `model_config` describes, built
+    on the meta device (no weights, no memory): what the web page's Start runs before it writes
+    anything, with the same checks (and messages) `FineTuner` runs on the loaded model."""
+    import torch
+
+    from .loading import model_class
+
+    with torch.device("meta"):
+        model = model_class(model_config).from_config(model_config)
+    check_rank(model, resolve_target_modules(model, target_modules), r)
 
 
 def build_lora_config(model, *, r, alpha, dropout, bias, target_modules, task_type,
                       use_rslora: bool = False) -> LoraConfig:
-    """peft's LoraConfig for `model`; `target_modules` / `task_type` None (or the spec's
-    defaults) mean: the model's own choice (see module docstring)."""
+    """peft's LoraConfig for `model`; `target_modules` / `task_type` None mean: the model's own
+    choice (see module docstring)."""
     from transformers.pytorch_utils import Conv1D
 
     is_enc_dec = is_encoder_decoder(model.config)
     targets = resolve_target_modules(model, target_modules)
+    check_rank(model, targets, r)
     # GPT-2's Conv1D stores weights transposed; peft must be told (it warns and fixes otherwise).
     conv1d = any(isinstance(m, Conv1D) and (isinstance(targets, str) or name.split(".")[-1] in targets)
                  for name, m in model.named_modules())
@@ -157,11 +169,13 @@ def load_lora(model, adapter_path: str, quantized: bool):
     from safetensors import SafetensorError
 
     from ..errors import ModelLoadError
-    from .loading import damaged_weights, read_json_file
+    from .loading import damaged_weights, read_json_file, unsafe_pickle_message
 
     logger.info("Loading adapter %s (its LoRA settings replace the lora_* arguments).", adapter_path)
     try:
         return PeftModel.from_pretrained(_prepare(model, quantized), adapter_path, is_trainable=True)
+    except pickle.UnpicklingError as exc:
+        raise ModelLoadError(unsafe_pickle_message(f"The adapter in {adapter_path!r}", exc)) from exc
     except SafetensorError as exc:
         raise ModelLoadError(
             f"{damaged_weights(adapter_path) or 'The adapter weights in ' + repr(adapter_path)} is "
