@@ -35,7 +35,8 @@ test: setup
 quality: setup
 	$(BIN)/python bench/quality.py
 
-# Not a test: training speed side by side (ours, seed-style, plain HF, TRL x3, QLoRA), ~1 h on 2 cores.
+# Not a test: training speed side by side (ours: defaults and bare adapters; plain HF Trainer; seed-style;
+# TRL), 3 alternated rounds, ~40 min on 2 cores.
 bench: setup
 	$(BIN)/python -m pip install --quiet -e ".[bench]"
 	$(BIN)/python bench/speed.py

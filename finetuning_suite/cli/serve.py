@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..serve.limits import DEFAULTS
+from .hosts import is_loopback
 
 EMBEDDED_NAME = "smollm2-135m-instruct"
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 @dataclass
@@ -35,9 +36,9 @@ class ServeCliArguments:
     model_name: str | None = field(default=None, metadata={"help": "The model name clients send "
                                    "(and GET /v1/models lists). Empty: the model folder's name, "
                                    f"or {EMBEDDED_NAME} for the embedded model."})
-    max_tokens_limit: int = field(default=1024, metadata={"help": "The most new tokens one request "
+    max_tokens_limit: int = field(default=DEFAULTS.max_tokens_limit, metadata={"help": "The most new tokens one request "
                                   "may ask for (max_tokens); larger requests get 400."})
-    max_batch_size: int = field(default=8, metadata={"help": "The most requests answered together "
+    max_batch_size: int = field(default=DEFAULTS.max_batch_size, metadata={"help": "The most requests answered together "
                                 "by one batched generation."})
 
 
@@ -85,7 +86,7 @@ def cmd_serve(config, options: dict) -> int:
     ft = FineTuner.from_config(config)
     app = create_app(ft, model_name=name, api_key=api_key, max_tokens_limit=options["max_tokens_limit"],
                      max_batch_size=options["max_batch_size"])
-    if host not in LOOPBACK and not api_key:
+    if not is_loopback(host) and not api_key:
         print(f"warning: listening on {host} without an API key: anyone who can reach this port can "
               "use the model (set --api_key or FINETUNE_API_KEY).", file=sys.stderr)
     shown = f"[{host}]" if ":" in host else host

@@ -11,15 +11,14 @@ optional `web` extra; without it the command says how to install it.
 """
 from __future__ import annotations
 
-import ipaddress
 import os
 import sys
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError
+from .hosts import is_loopback
 
 PASSWORD_ENV = "FINETUNE_WEB_PASSWORD"
-LOOPBACK_NAMES = ("localhost",)
 
 
 @dataclass
@@ -35,15 +34,6 @@ class WebCliArguments:
     password: str | None = field(default=None, metadata={"help": "Ask for this password (any user "
                                  f"name). Empty: the {PASSWORD_ENV} environment variable, else "
                                  "none (allowed on this machine's own address only)."})
-
-
-def is_loopback(host: str) -> bool:
-    if host in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def check_options(options: dict) -> str | None:

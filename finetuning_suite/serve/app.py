@@ -34,6 +34,7 @@ from ..infer.generation import Generation
 from . import schemas as s
 from .api_errors import APIError, error_body, validation_message
 from .engine import Engine, EngineClosed, Handlers, Job, QueueFull, Sampling
+from .limits import DEFAULTS
 from .guards import Guards
 
 logger = logging.getLogger(__name__)
@@ -43,9 +44,10 @@ MAX_STOP_SEQUENCES = 4  # as OpenAI
 
 
 def create_app(finetuner, *, model_name: str, api_key: str | None = None,
-               max_tokens_limit: int = 1024, max_batch_size: int = 8,
-               max_body_bytes: int = 1_000_000, max_queue: int = 64,
-               batch_window_s: float = 0.05) -> FastAPI:
+               max_tokens_limit: int = DEFAULTS.max_tokens_limit,
+               max_batch_size: int = DEFAULTS.max_batch_size,
+               max_body_bytes: int = DEFAULTS.max_body_bytes, max_queue: int = DEFAULTS.max_queue,
+               batch_window_s: float = DEFAULTS.batch_window_s) -> FastAPI:
     """The server's app over `finetuner` (its model, tokenizer and generation settings).
 
     api_key: every request must send `Authorization: Bearer <api_key>`; None reads the
