@@ -172,6 +172,41 @@ def test_flops_per_token(tiny_llama_dir):
     assert attention_seq_len([10, 30]) == (100 + 900) / 40
 
 
-def test_matmul_peak_probe():
-    flops = measure_matmul_peak(seconds=0.2, sizes=(256,))
-    assert 1e8 < flops < 1e15
+def test_matmul_peak_probe_agrees_with_a_stopwatch():
+    """The probe's FLOP/s against a second, plain measurement of the same matmul: the best of
+    a few timed runs of 2 n^3 FLOPs. A probe that miscounted (n^2, one multiply per pair) or
+    timed nothing would be off by far more than the factor allowed for machine noise."""
+    import time
+
+    n = 512
+    probe = measure_matmul_peak(seconds=0.5, sizes=(n,))
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.matmul(a, b)  # warm-up
+    best = min(_timed(lambda: torch.matmul(a, b), time.perf_counter) for _ in range(5))
+    stopwatch = 2 * n ** 3 / best
+    assert 0.4 < probe / stopwatch < 2.5, (probe, stopwatch)
+
+
+def _timed(call, clock) -> float:
+    start = clock()
+    call()
+    return clock() - start
+
+
+def test_useful_flops_count_the_head_where_it_runs(tiny_llama_dir):
+    """The one MFU definition: the output layer is counted at every real token for the
+    Trainer's own loss, at labelled positions only for the labelled-only loss, padding never.
+    Expected values from the model's own parameter shapes, counted here by hand."""
+    from finetuning_suite.train.meter import flop_shape, useful_flops
+
+    lora = _lora_model(tiny_llama_dir)
+    cfg = lora.config
+    head = cfg.vocab_size * cfg.hidden_size  # tied to the embedding: still a matmul per token
+    shape = flop_shape(lora)
+    assert shape.head_per_token == 4 * head  # frozen: forward + activation gradient
+    tokens, labelled, sum_sq = 100, 30, 2600
+    attn = 12 * cfg.num_hidden_layers * cfg.num_attention_heads * (cfg.hidden_size // cfg.num_attention_heads) * sum_sq
+    everywhere = useful_flops(shape, tokens=tokens, labelled=labelled, sum_sq=sum_sq, head_everywhere=True)
+    labelled_only = useful_flops(shape, tokens=tokens, labelled=labelled, sum_sq=sum_sq, head_everywhere=False)
+    assert everywhere - labelled_only == (tokens - labelled) * 4 * head
+    assert labelled_only == tokens * shape.body_per_token + labelled * 4 * head + attn

@@ -27,11 +27,12 @@ def test_example_1(tiny_gpt2, tmp_path):
 
     # Preprocess the data
     tokenized_dataset = finetuner.preprocess_data()
+    base_before, adapter_before = _weights(finetuner)
 
     # Train the model
     output_dir = "./trained_model"
     num_train_epochs = 3
-    finetuner.train(output_dir, num_train_epochs)
+    metrics = finetuner.train(output_dir, num_train_epochs)
 
     # Generate text
     prompt_text = "Once upon a time"
@@ -41,6 +42,28 @@ def test_example_1(tiny_gpt2, tmp_path):
     assert len(tokenized_dataset) == 300
     assert isinstance(generated_text, str)
     assert (tmp_path / "trained_model" / "adapter_model.safetensors").is_file()
+    # a 4-bit QLoRA run through the Trainer: three epochs ran, the loss went down, the packed
+    # 4-bit base weights are untouched and the adapter moved
+    assert metrics["epoch"] == pytest.approx(3)
+    import json
+
+    losses = [r["loss"] for r in map(json.loads, (tmp_path / "trained_model" / "metrics.jsonl").read_text()
+                                     .splitlines()) if "loss" in r]
+    assert losses[-1] < losses[0]
+    base_after, adapter_after = _weights(finetuner)
+    assert base_after.keys() == base_before.keys() and len(base_after) == 8
+    assert all(torch.equal(base_before[k], base_after[k]) for k in base_before)
+    assert any(not torch.equal(adapter_before[k], adapter_after[k]) for k in adapter_before)
+
+
+def _weights(finetuner):
+    """(4-bit base weights, LoRA weights) of the model, copied."""
+    import bitsandbytes as bnb
+
+    base = {n: m.weight.data.clone() for n, m in finetuner.model.named_modules()
+            if isinstance(m, bnb.nn.Linear4bit)}
+    lora = {n: p.detach().clone() for n, p in finetuner.model.named_parameters() if "lora_" in n}
+    return base, lora
 
 
 def test_example_2(tiny_gpt2):
