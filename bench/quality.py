@@ -28,7 +28,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TASKS = ("facts", "extract_fields", "snake_case")
-METHODS = ("lora", "qlora", "full")
+from finetuning_suite.config import METHODS  # noqa: E402
 GENERAL_MAX_TOKENS = 48
 
 
