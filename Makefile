@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup run test quality bench clean
+.PHONY: setup run test quality quality-stages bench clean
 
 setup: $(STAMP)
 
@@ -35,10 +35,12 @@ test: setup
 quality: setup
 	$(BIN)/python bench/quality.py
 
+quality-stages: setup
+	$(BIN)/python bench/stages.py
+
 # Not a test: training speed side by side (ours: defaults and bare adapters; plain HF Trainer; seed-style;
 # TRL), 3 alternated rounds, ~40 min on 2 cores.
 bench: setup
-	$(BIN)/python -m pip install --quiet -e ".[bench]"
 	$(BIN)/python bench/speed.py
 
 clean:

@@ -27,7 +27,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 RESULTS = Path(__file__).resolve().parent / "results"
-TASKS = ("facts", "extract_fields", "snake_case")
+TASKS = ("facts", "extract_fields", "snake_case", "facts12")
+ROOT = Path(__file__).resolve().parent.parent
+# The issue-17 case: a dozen made-up facts as the user's own prompt/completion file, 10 epochs.
+FACTS12 = ROOT / "tests" / "docs_fixtures" / "facts.jsonl"
+FACTS12_EPOCHS = 10
 from finetuning_suite.config import METHODS  # noqa: E402
 GENERAL_MAX_TOKENS = 48
 
@@ -53,24 +57,52 @@ def score(metrics: dict) -> dict:
     return {k: metrics.get(k) for k in ("exact_match", "chrf", "eos_rate", "loss", "n", "seconds")}
 
 
+def kept_cell(r: dict) -> str:
+    t = r.get("retention_test")
+    if not t:
+        return "-"
+    share = f" ({100 * t['kept'] / t['base_right']:.0f}%)" if t["base_right"] else ""
+    return f"{t['kept']}/{t['base_right']}{share}"
+
+
+def facts12_success(ft) -> dict:
+    """The facts12 case has no held-out split: success is the 12 trained answers given back."""
+    rows = [json.loads(line) for line in FACTS12.read_text().splitlines() if line.strip()]
+    replies = [ft.generate(r["prompt"], 16) for r in rows]
+    right = sum(r["completion"].lower() in reply.lower() for r, reply in zip(rows, replies))
+    return {"exact_match": right / len(rows), "chrf": None, "eos_rate": None, "n": len(rows)}
+
+
 def run_one(task: str, method: str, questions: list[dict]) -> dict:
     from finetuning_suite import FineTuner
+    from finetuning_suite.infer.retention import answer, load_items, retention
 
     started = time.time()
-    ft = FineTuner(device="cpu", dataset_name=task, method=method, max_length=64)
-    before = ft.evaluate()
+    facts12 = task == "facts12"
+    ft = FineTuner(device="cpu", dataset_name=str(FACTS12) if facts12 else task, method=method,
+                   max_length=64)
+    before = facts12_success(ft) if facts12 else ft.evaluate()
     kept_before = general_kept(ft, questions)
+    test_items = load_items("test")   # the frozen half: reported here, never tuned on
+    test_before = answer(test_items, ft.model, ft.tokenizer, ft.device, ft.chat_format)
     out = Path(tempfile.mkdtemp(prefix=f"quality-{task}-{method}-"))
     try:
         t0 = time.time()
-        metrics = ft.train(str(out / "run"))
+        metrics = ft.train(str(out / "run"), FACTS12_EPOCHS if facts12 else None)
         train_s = time.time() - t0
         record = json.loads((out / "run" / "finetuner_config.json").read_text())
     finally:
         shutil.rmtree(out, ignore_errors=True)
-    after = ft.evaluate()
+    after = facts12_success(ft) if facts12 else ft.evaluate()
     kept_after = general_kept(ft, questions)
+    kept_test = retention(test_items, test_before, answer(test_items, ft.model, ft.tokenizer, ft.device,
+                                                          ft.chat_format))
     return {
+        "retention_test": {"base_right": kept_test.base_right, "kept": kept_test.kept,
+                           "asked": kept_test.asked, "gained": kept_test.gained,
+                           "lost": [x["prompt"] for x in kept_test.lost]},
+        "retention_probe": metrics.get("retention"),
+        "trainer_seconds": round(metrics["train_runtime"], 1),
         "task": task, "method": method,
         "before": score(before), "after": score(after),
         "general_before": kept_before["right"], "general_after": kept_after["right"],
@@ -114,15 +146,20 @@ def targets(runs: dict) -> list[str]:
         bad = [key for key, r in runs.items() if not check(r)]
         return "all met" if not bad else "missed by " + ", ".join(bad)
 
+    def kept95(r):
+        t = r.get("retention_test")
+        return bool(t) and (not t["base_right"] or t["kept"] >= 0.95 * t["base_right"])
+
     def qlora_close(r):
         lora = runs.get(f"{r['task']}/lora")
         return r["method"] != "qlora" or lora is None or \
             r["after"]["exact_match"] >= lora["after"]["exact_match"] - 0.03
     return [f"- held-out >= 95%: {misses(lambda r: r['after']['exact_match'] >= 0.95)}",
             f"- QLoRA within 3 points of LoRA: {misses(qlora_close)}",
-            f"- EOS >= 99%: {misses(lambda r: (r['after']['eos_rate'] or 0) >= 0.99)}",
-            f"- no general answer lost: {misses(lambda r: not r['general_lost'])}",
-            f"- training <= 300 s: {misses(lambda r: r['train_seconds'] <= 300)}"]
+            f"- EOS >= 99%: {misses(lambda r: r['after']['eos_rate'] is None or r['after']['eos_rate'] >= 0.99)}",
+            f"- retention >= 95% of base-right test items: {misses(kept95)}",
+            f"- no general (smoke) answer lost: {misses(lambda r: not r['general_lost'])}",
+            f"- training <= 300 s: {misses(lambda r: r.get('trainer_seconds', r['train_seconds']) <= 300)}"]
 
 
 def write_markdown(data: dict) -> None:
@@ -139,16 +176,24 @@ def write_markdown(data: dict) -> None:
              "48-token answer) before and after training; lost = answered right before, wrong after. "
              "QLoRA's *before* is the 4-bit base, which already gets some of them wrong.", "",
              *([data["note"], ""] if data.get("note") else []),
-             "| task | method | held-out before | held-out after | chrF after | EOS after | general right before → after | general lost | train s | wall s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "Retention (test) = of the frozen test half of `data/retention` (133 general prompts with "
+             "checkers, never tuned on), the items the model answered right before training that it "
+             "still answers right after; the run's own probe (40 dev items) is listed beside it. "
+             "`facts12` is a dozen made-up facts (`tests/docs_fixtures/facts.jsonl`) trained for 10 "
+             "epochs; its held-out column is the 12 trained answers given back. train s = the "
+             "Trainer's own runtime; wall s = the whole run with evaluation and probes.", "",
+             "| task | method | held-out before | held-out after | chrF after | EOS after | retention (test) | probe (dev) | general right before → after | train s | wall s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(data["runs"].values(), key=lambda r: (TASKS.index(r["task"]) if r["task"] in TASKS else 9,
                                                             METHODS.index(r["method"]))):
         lines.append(f"| {r['task']} | {r['method']} | {pct(r['before']['exact_match'])} | "
-                     f"{pct(r['after']['exact_match'])} | {r['after']['chrf']:.1f} | "
-                     f"{pct(r['after']['eos_rate'])} | {r['general_before']} → {r['general_after']} of {r['general_of']} | "
-                     f"{len(r['general_lost'])} | "
-                     f"{r['train_seconds']:.0f} | {r['wall_seconds']:.0f} |")
-    lines += ["", "Issue 6 targets, per run (computed from the table):", ""] + targets(data["runs"])
+                     f"{pct(r['after']['exact_match'])} | "
+                     f"{'-' if r['after']['chrf'] is None else format(r['after']['chrf'], '.1f')} | "
+                     f"{pct(r['after']['eos_rate'])} | {kept_cell(r)} | "
+                     f"{(r.get('retention_probe') or {}).get('kept', '-')}/{(r.get('retention_probe') or {}).get('base_right', '-')} | "
+                     f"{r['general_before']} → {r['general_after']} of {r['general_of']} | "
+                     f"{r.get('trainer_seconds', r['train_seconds']):.0f} | {r['wall_seconds']:.0f} |")
+    lines += ["", "Targets, per run (computed from the table):", ""] + targets(data["runs"])
     lost = [(r["task"], r["method"], x) for r in data["runs"].values() for x in r["general_lost"]]
     if lost:
         lines += ["", "General answers lost:", ""]

@@ -26,7 +26,8 @@ from .train.trainer_config import DefaultTrainerConfig
 # trains on as it was trained); anything given explicitly wins.
 INHERITED = ("method", "quantize", "quantization_config", "dtype", "max_length", "format",
              "column_map", "max_seq_length", "train_on_inputs", "use_chat_template", "do_sample",
-             "temperature", "top_p", "top_k", "repetition_penalty", "num_beams", "system_prompt")
+             "temperature", "top_p", "top_k", "repetition_penalty", "num_beams", "system_prompt",
+             "stage")
 PLUGINS = (("preprocessor", "__call__", "DefaultPreprocessor()"),
            ("trainer_config", "build_trainer", "DefaultTrainerConfig()"),
            ("inference_handler", "generate", "DefaultInferenceHandler()"))
@@ -65,6 +66,11 @@ def _check_plugins(problems: Problems, objects: dict) -> None:
             problems.add(name, value, f"has no {method}() method; pass an object like {example}.")
     trainer_config = objects.get("trainer_config")
     call = getattr(trainer_config, "training_arguments", None)
+    stage = objects.get("stage", "sft")
+    if trainer_config is not None and stage not in (None, "sft") and \
+            getattr(trainer_config, "stage", "sft") != stage:
+        problems.add("trainer_config", trainer_config, f"does not train stage={stage!r}: pass "
+                     f"DefaultTrainerConfig(stage={stage!r}, ...) or leave trainer_config out.")
     if trainer_config is not None and not isinstance(trainer_config, type) and callable(call):
         params = inspect.signature(call).parameters
         if "defaults" not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
@@ -78,7 +84,7 @@ def build_config(given: dict) -> FinetuneConfig:
     Plug-in objects are left in `given`; every problem is raised in one ConfigError."""
     problems = Problems("FineTuner")
     flat = {k: v for k, v in given.items() if k not in dict.fromkeys(n for n, _, _ in PLUGINS)}
-    _check_plugins(problems, given)
+    _check_plugins(problems, {**given, "stage": given.get("stage", "sft")})
     model_id = flat.get("model_id")
     if model_id is not None and not isinstance(model_id, (str, os.PathLike)):
         problems.add("model_id", model_id, "must be a hub id, a local folder or .gguf path, or None "

@@ -19,12 +19,14 @@ import time
 from .arguments import build_config, generation_settings, records_given
 from .config import FinetuneConfig, MethodArguments, check_number
 from .data.chat_template import ChatFormat, decide_chat_format, tokenizer_with_template
-from .data.prepare import PreparedData, prepare_data, tokenize
+from .data.prepare import PreparedData, prepare_data, prepare_stage_data, tokenize
 from .data.preprocessing import DefaultPreprocessor
 from .data.replay import REPLAY_MAX_NEW_TOKENS, replay_dataset
 from .data.sources import load_source, split_dataset
 from .errors import ConfigError, DatasetError, Problems
 from .infer.generation import DefaultInferenceHandler, finished_answers
+from .infer.retention import answer, probe_items, retention
+from .infer.stage_eval import evaluate_stage
 from .model.device import default_dtype, parse_dtype, resolve_device
 from .model.facts import is_encoder_decoder
 from .model.loading import load_pretrained, resolve_model_source
@@ -32,6 +34,9 @@ from .model.lora import SPEC_TARGET_MODULES, SPEC_TASK_TYPE
 from .model.methods import prepare_model, trainable_summary
 from .model.quantization import get_quantization_config
 from .train import defaults as auto_defaults
+from .train.distill import add_teacher_targets, without_targets
+from .train.rewards import reward_functions
+from .train.stages import drop_reference_adapter, stage_settings
 from .train.guards import NonFiniteGuard, StopFileCallback, run_trainer
 from .train.loss import uses_labelled_loss
 from .train.meter import meter_callback
@@ -69,7 +74,8 @@ class FineTuner:
             max_seq_length=cfg.data.max_seq_length, train_on_inputs=cfg.data.train_on_inputs,
             use_chat_template=cfg.data.use_chat_template)
         self.trainer_config = trainer_config if trainer_config is not None else DefaultTrainerConfig(
-            **cfg.training_kwargs())
+            stage=cfg.training.stage, reward_funcs=cfg.training.reward_funcs, **cfg.training_kwargs(),
+            **stage_settings(cfg))
         self.quantization_config = get_quantization_config(cfg.quantized, cfg.method.quantization_config)
         self.dtype = (parse_dtype(cfg.model.dtype, "dtype") if cfg.model.dtype is not None
                       else default_dtype(self.device))
@@ -151,6 +157,10 @@ class FineTuner:
         return f"FineTuner({', '.join(parts)})"
 
     @property
+    def stage(self) -> str:
+        return self.config.training.stage
+
+    @property
     def is_encoder_decoder(self) -> bool:
         return is_encoder_decoder(self.model.config)
 
@@ -183,6 +193,14 @@ class FineTuner:
         if self.dataset_name is None:
             raise ConfigError("preprocess_data() needs a dataset: pass FineTuner(dataset_name=...), "
                               "e.g. dataset_name='dialogue' or a path to a .jsonl file.")
+        if self.stage != "sft":  # rows as TRL's trainer reads them; it tokenizes them itself
+            self.prepared = prepare_stage_data(
+                self.dataset_name, self.stage, self.tokenizer, self.model.config,
+                eval_fraction=self.eval_fraction, seed=self.config.training.seed,
+                use_chat_template=self.config.data.use_chat_template,
+                column_map=self.config.data.column_map, system_prompt=self.config.generation.system_prompt)
+            logger.info("Evaluation uses %s.", self.prepared.split.note)
+            return self.prepared.train
         self.prepared = prepare_data(
             self.dataset_name, self.preprocessor, self.tokenizer, self.model.config,
             eval_fraction=self.eval_fraction, seed=self.config.training.seed,
@@ -225,11 +243,15 @@ class FineTuner:
                                  overwrite=overwrite, main_process=args.process_index == 0)
         checkpoint = resolve_resume(out, checkpoint_wanted)
         started = time.time()
-        before = self._evaluate_prepared(prepared) if eval_before and prepared.eval is not None else None
         self._use_chat_format(prepared.chat_format)  # what the model is trained with
+        evaluated = prepared.eval is not None and (eval_before or self.stage != "sft")  # stages: always
+        before = self._evaluate_prepared(prepared) if evaluated else None
+        probe = self._probe_items(prepared) if args.process_index == 0 else []
+        probe_before = self._probe(probe)
         train_set = self._with_replay(prepared.train, replay_n)
         trainer = self.trainer_config.build_trainer(
-            model=self.model, args=args, tokenizer=self.tokenizer, train_dataset=train_set,
+            model=self.model, args=args, tokenizer=tokenizer_with_template(self.tokenizer, self.chat_format),
+            train_dataset=train_set,
             eval_dataset=prepared.eval if prepared.split.held_out is not None else None,
             encoder_decoder=self.is_encoder_decoder)
         trainer.add_callback(meter_callback(self.model, train_set, out, args, self.device,
@@ -240,12 +262,19 @@ class FineTuner:
         if args.process_index == 0:  # the settings first: a crashed run can be resumed from them
             write_text_atomic(out / "config.yaml", self.resolved_config(args, out).to_yaml())
         metrics = run_trainer(trainer, checkpoint, args)
+        drop_reference_adapter(self.model)
         after = None
         if prepared.split.held_out is not None:
             metrics.update(trainer.evaluate())
-        if eval_before and prepared.eval is not None:
-            after = self._evaluate_prepared(prepared)
+        if evaluated:
+            after = self._evaluate_prepared(prepared, reference=before)
             metrics.update(before=before, after=after, eval_split=prepared.split.kind)
+        if probe:
+            kept = retention(probe, probe_before, self._probe(probe))
+            metrics["retention"] = kept.to_dict()
+            logger.info("Retention probe: %s.", kept.line())
+            if kept.warning():
+                logger.warning(kept.warning())
         if stopper.stopped_at is not None:
             metrics["stopped_at_step"] = stopper.stopped_at
         state_dict = gathered_state_dict(trainer)  # sharded weights: every process takes part
@@ -284,7 +313,8 @@ class FineTuner:
         epochs = num_train_epochs if num_train_epochs is not None else self.trainer_config_value("num_train_epochs")
         self.chosen_defaults = auto_defaults.choose_defaults(
             method, len(prepared.train), epochs, replay=self._replay_possible(prepared),
-            n_tokens=auto_defaults.token_count(prepared.train))
+            n_tokens=auto_defaults.token_count(prepared.train),
+            replay_rows=self.config.training.self_replay_rows, stage=self.stage)
         return self.chosen_defaults["replay_rows"]
 
     def _replay_possible(self, prepared: PreparedData) -> bool:
@@ -292,8 +322,20 @@ class FineTuner:
         (its answers to chat prompts) and the default preprocessor (which knows how to tokenize
         prompt/completion rows)."""
         fmt = prepared.chat_format
-        return bool(self.config.training.self_replay and not self.is_encoder_decoder
+        return bool(self.config.training.self_replay and self.stage == "sft" and not self.is_encoder_decoder
                     and fmt.chat and fmt.wrap_text and isinstance(self.preprocessor, DefaultPreprocessor))
+
+    def _probe_items(self, prepared: PreparedData) -> list[dict]:
+        """The retention probe's prompts (`infer.retention`) when this run asks them: a decoder-
+        only chat model (the prompts are conversations) and `retention_probe` on."""
+        fmt = prepared.chat_format
+        if not (self.config.training.retention_probe and fmt.chat and fmt.wrap_text
+                and not self.is_encoder_decoder):
+            return []
+        return probe_items()
+
+    def _probe(self, items: list[dict]) -> list[str]:
+        return answer(items, self.model, self.tokenizer, self.device, self.chat_format) if items else []
 
     def _with_replay(self, train_set, n: int):
         """`train_set` plus up to `n` rows of the model's own answers to general prompts, made
@@ -306,19 +348,26 @@ class FineTuner:
             return finished_answers(prompts, self.model, self.tokenizer, self.device,
                                     REPLAY_MAX_NEW_TOKENS, self.chat_format)
 
+        from .train import distill
+
         replay = replay_dataset(answers, n, self.tokenizer, self.model.config, self.chat_format,
-                                train_set.column_names)
+                                train_set.column_names,
+                                train_on_inputs=self.config.training.self_replay_distill and distill.ALL_POSITIONS)
         rows = 0 if replay is None else len(replay)
         self.prepared.stats["self_replay_rows"] = rows
         logger.info("Self-replay: %d of the model's own answers to general prompts added to %d "
                     "training rows.", rows, len(train_set))
-        return train_set if replay is None else datasets.concatenate_datasets([train_set, replay])
+        if replay is None:
+            return train_set
+        if self.config.training.self_replay_distill:
+            replay, train_set = add_teacher_targets(self.model, replay, self.device), without_targets(train_set)
+        return datasets.concatenate_datasets([train_set, replay])
 
     def _training_arguments(self, output_dir, num_train_epochs, prepared: PreparedData):
         args = self.trainer_config.training_arguments(
             output_dir=output_dir, num_train_epochs=num_train_epochs,
             encoder_decoder=self.is_encoder_decoder, device=self.device,
-            defaults=self.chosen_defaults["training"])
+            defaults={**self.chosen_defaults["training"], **self.chosen_defaults.get("stage", {})})
         if args.num_train_epochs <= 0 and args.max_steps <= 0:
             raise ConfigError(f"num_train_epochs={args.num_train_epochs!r} must be a positive number, e.g. 3.")
         if str(getattr(args.eval_strategy, "value", args.eval_strategy)) != "no" \
@@ -357,7 +406,18 @@ class FineTuner:
         result["eval_split"] = "dataset argument"
         return result
 
-    def _evaluate_prepared(self, prepared: PreparedData, max_new_tokens=None, batch_size=16, limit=None):
+    def _evaluate_prepared(self, prepared: PreparedData, max_new_tokens=None, batch_size=16, limit=None,
+                           reference: dict | None = None):
+        if self.stage != "sft":
+            rows = prepared.eval.to_list()[:limit]
+            t = self.config.training
+            rewards = reward_functions(t.reward_funcs, t.reward_weights)[0] if self.stage == "grpo" else None
+            result = evaluate_stage(self, self.stage, rows, reference=reference,
+                                    beta=self.chosen_defaults.get("stage", {}).get("beta") or t.beta or 0.1,
+                                    reward_funcs=rewards,
+                                    max_new_tokens=max_new_tokens or min(self.max_length, 64))
+            result["eval_split"] = prepared.split.kind
+            return result
         result = self._evaluate_rows(prepared.raw_eval, prepared.eval, prepared.chat_format,
                                      max_new_tokens, batch_size, limit)
         result["eval_split"] = prepared.split.kind

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from ..config import (SECTIONS, FinetuneConfig, coerce_all, coerce_to, option_fields,
                       parse_yaml_mapping, scalar, suggest, training_argument_names)
+from ..config.options import pass_through_field
 from ..config.values import unwrap_optional
 from ..errors import FineTuningError
 from ..model.run_folder import checkpoints
@@ -222,7 +223,7 @@ def _training_flags(command: str, remaining: list[str], ours: set[str]) -> dict:
         value = None
         if name is not None and "=" in name:
             name, value = name.split("=", 1)
-        if name is None or name not in names:
+        if name is None or (name not in names and pass_through_field(name) is None):
             hint = suggest(name, names | ours) if name else ""
             raise UsageError(f"finetune {command}: unknown option {flag!r}{hint} (see "
                              f"`finetune {command} --help`).")
@@ -252,6 +253,11 @@ def cmd_train(config: FinetuneConfig, options: dict) -> int:
         return 0
     shown = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
     print(json.dumps(shown, indent=2))
+    kept = metrics.get("retention")
+    if kept:  # the last lines say whether the model forgot
+        print(f"Retention: {kept['line']} (general prompts the model answered right before training).")
+        if kept.get("warning"):
+            print(f"warning: {kept['warning']}", file=sys.stderr)
     print(f"Saved to {out}/ (report: {out}/report.html). Reload with: finetune chat --model_id {out}")
     return 0
 

@@ -16,7 +16,7 @@ import typing
 from enum import Enum
 
 from ..errors import ConfigError, Problems
-from .options import ALL_LINEAR, FinetuneConfig, option_fields, training_argument_fields
+from .options import ALL_LINEAR, STAGES, FinetuneConfig, option_fields, pass_through_field
 from .values import unwrap_optional
 
 # name -> (kind, low, high, hint). Bounds are inclusive unless the name is in _STRICT_MIN /
@@ -44,6 +44,10 @@ NUMBER_HINTS = {
     "num_beams": ("int", 1, None, "a positive integer, e.g. 1"),
     "max_steps": ("int", -1, None, "an integer (-1: run the epochs), e.g. 100"),
     "seed": ("int", 0, None, "a non-negative integer, e.g. 42"),
+    "self_replay_rows": ("int", 0, None, "0 or more rows, e.g. 48"),
+    "beta": ("num", 0, None, "0 or more, e.g. 0.1"),
+    "num_generations": ("int", 2, None, "an integer >= 2 (a group to compare), e.g. 4"),
+    "max_completion_length": ("int", 1, None, "a positive integer, e.g. 32"),
 }
 _STRICT_MIN = {"lora_alpha", "num_train_epochs", "learning_rate", "logging_steps", "save_steps",
                "temperature", "top_p", "repetition_penalty"}
@@ -89,7 +93,7 @@ def option_choices(name: str) -> tuple | None:
         found = _choices(option_fields()[name][1])
         if found is not None:
             return found
-    extra = training_argument_fields().get(name)
+    extra = pass_through_field(name)
     if extra is None:
         return None
     return _choices(extra.type) or (tuple(extra.metadata["choices"]) if "choices" in extra.metadata else None)
@@ -116,6 +120,15 @@ def _check_fields(problems: Problems, config: FinetuneConfig) -> None:
         elif base is str:
             if not isinstance(value, (str, os.PathLike)) and name != "dataset_name":
                 problems.add(name, value, "must be text (a name or a path).")
+        elif name == "reward_funcs":
+            specs = value if isinstance(value, (list, tuple)) else [value]
+            if not specs or not all(callable(v) or (isinstance(v, str) and v.strip()) for v in specs):
+                problems.add(name, value, "must be reward functions: callables, built-in names "
+                             "(exact_match, regex:..., json, length:N) or 'module:function' paths.")
+        elif name == "reward_weights":
+            if not (isinstance(value, (list, tuple)) and value and all(
+                    isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) for w in value)):
+                problems.add(name, value, "must be a list of finite numbers, one per reward function.")
         elif typing.get_origin(base) is list and name != "lora_target_modules":
             # one name may stand alone (report_to="none", as TrainingArguments takes it)
             if not (isinstance(value, str) and value) and not (
@@ -125,8 +138,13 @@ def _check_fields(problems: Problems, config: FinetuneConfig) -> None:
 
 def _check_extras(problems: Problems, config: FinetuneConfig) -> None:
     """Pass-through TrainingArguments values against the field's type and choices."""
+    stage = config.training.stage
     for name, value in config.training_extras.items():
-        f = training_argument_fields()[name]
+        f = pass_through_field(name, stage if isinstance(stage, str) and stage in STAGES else None)
+        if f is None:
+            problems.add(name, value, f"is a setting of another training stage, not of stage={stage!r}; "
+                         "drop it, or choose the stage it belongs to.")
+            continue
         base, optional = unwrap_optional(f.type)
         choices = option_choices(name)
         if value is None and optional:
@@ -152,6 +170,17 @@ def _check_combinations(problems: Problems, config: FinetuneConfig) -> None:
     if m.quantization_config is not None and not config.quantized:
         problems.add("quantization_config", m.quantization_config,
                      "is given but quantize=False; pass quantize=True to use it.")
+    if t.stage != "grpo":
+        for name in ("num_generations", "max_completion_length", "reward_funcs", "reward_weights"):
+            if getattr(t, name) is not None:
+                problems.add(name, getattr(t, name), f"applies to stage='grpo' only (this run is "
+                             f"stage={t.stage!r}); drop it, or pass stage='grpo'.")
+    elif not t.reward_funcs:
+        problems.add("reward_funcs", t.reward_funcs, "stage='grpo' needs reward functions, e.g. "
+                     "reward_funcs=['exact_match:answer'] (a built-in comparing with the 'answer' column).")
+    elif t.reward_weights is not None and isinstance(t.reward_weights, (list, tuple)) and \
+            len(t.reward_weights) != len(t.reward_funcs if isinstance(t.reward_funcs, (list, tuple)) else [t.reward_funcs]):
+        problems.add("reward_weights", t.reward_weights, "must have one weight per reward function.")
     if not isinstance(t.output_dir, (str, os.PathLike)) or not os.fspath(t.output_dir):
         problems.add("output_dir", t.output_dir, "must be a folder path, e.g. runs/my_run.")
 

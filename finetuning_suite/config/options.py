@@ -25,6 +25,8 @@ AUTO = "auto: chosen from the model, the method and the dataset size when traini
 ALL_LINEAR = "all-linear"
 Method = Literal["lora", "qlora", "full"]
 METHODS: tuple[str, ...] = typing.get_args(Method)
+Stage = Literal["sft", "dpo", "kto", "orpo", "grpo"]
+STAGES: tuple[str, ...] = typing.get_args(Stage)
 
 
 def _opt(default, help_text: str):
@@ -157,11 +159,37 @@ class TrainingConfig:
     eval_before: bool = _opt(False, "Evaluate before training too, and report before/after.")
     self_replay: bool = _opt(True, "Before training, add the model's own answers to a fixed list "
                              "of general prompts to the training rows (chat models), so training "
-                             "keeps what the model knew; how many is chosen from the dataset size.")
+                             "keeps what the model knew.")
+    self_replay_rows: int | None = _opt(None, "How many self-replay rows. Empty: " + AUTO + ".")
+    self_replay_distill: bool = _opt(True, "Train self-replay rows towards the base model's whole "
+                                     "next-token distribution (its top 16 at each answer token), "
+                                     "not only its answer.")
+    stage: Stage = _opt("sft", "What training optimises: sft (answers to imitate), dpo / orpo "
+                        "(preferred over rejected answers: prompt + chosen + rejected rows), kto "
+                        "(desirable or not: prompt + completion + label rows), grpo (rewards on "
+                        "the model's own answers to prompts: reward_funcs).")
+    beta: float | None = _opt(None, "dpo/kto: how far from the reference model training may move "
+                              "(higher: closer); orpo: the weight of the odds-ratio term; grpo: the "
+                              "KL weight (0: no reference). Empty: " + AUTO + ".")
+    num_generations: int | None = _opt(None, "grpo: answers sampled per prompt (the group whose "
+                                       "rewards are compared). Empty: " + AUTO + ".")
+    max_completion_length: int | None = _opt(None, "grpo: the most tokens of one sampled answer. "
+                                             "Empty: " + AUTO + ".")
+    reward_funcs: list[str] | None = _opt(None, "grpo: reward functions: exact_match[:COLUMN], "
+                                          "regex:PATTERN, json, length:N or module:function "
+                                          "(Python callables in the API).")
+    reward_weights: list[float] | None = _opt(None, "grpo: one weight per reward function. Empty: 1 each.")
+    retention_probe: bool = _opt(True, "Before and after training, ask 40 general prompts with "
+                                 "checkable answers (chat models; ~30 s for a 135M model on a CPU) "
+                                 "and report how many answers the model kept.")
 
 
 # TrainingConfig fields that are ours, not TrainingArguments fields.
-NOT_TRAINING_ARGUMENTS = frozenset({"eval_before", "self_replay", "overwrite_output_dir"})
+NOT_TRAINING_ARGUMENTS = frozenset({"eval_before", "self_replay", "self_replay_rows",
+                                    "self_replay_distill", "retention_probe", "overwrite_output_dir",
+                                    "stage", "beta", "num_generations", "max_completion_length",
+                                    "reward_funcs", "reward_weights"})
+STAGE_SETTINGS = ("beta", "num_generations", "max_completion_length", "reward_funcs", "reward_weights")
 
 SECTIONS: dict[str, type] = {"model": ModelArguments, "method": MethodArguments, "data": DataArguments,
                              "generation": GenerationArguments, "training": TrainingConfig}
@@ -179,6 +207,36 @@ def training_argument_fields() -> dict[str, dataclasses.Field]:
             f.type = hints.get(f.name, f.type)
             out[f.name] = f
     return out
+
+
+@functools.lru_cache(maxsize=None)
+def stage_argument_fields(stage: str) -> dict[str, dataclasses.Field]:
+    """The fields of the TRL config a stage trains with (`train/stages.py`); for "sft" the
+    `TrainingArguments` ones. Imported on use: trl is only read when a stage or a key needs it."""
+    if stage == "sft":
+        return training_argument_fields()
+    from ..train.stages import config_class
+
+    cls = config_class(stage)
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in fields(cls):
+        if f.init:
+            f.type = hints.get(f.name, f.type)
+            out[f.name] = f
+    return out
+
+
+def pass_through_field(name: str, stage: str | None = None):
+    """The TrainingArguments field `name` (or, failing that, the field of a TRL stage config:
+    `stage`'s, or any stage's when `stage` is None), or None."""
+    found = training_argument_fields().get(name)
+    if found is not None:
+        return found
+    for each in ([stage] if stage else [s for s in STAGES if s != "sft"]):
+        if each != "sft" and name in stage_argument_fields(each):
+            return stage_argument_fields(each)[name]
+    return None
 
 
 def training_argument_names() -> frozenset[str]:
@@ -238,7 +296,7 @@ class FinetuneConfig:
             owner = option_fields().get(name)
             if owner is not None:
                 sections[owner[2]][name] = value
-            elif name in training_argument_fields():
+            elif pass_through_field(name) is not None:
                 extras[name] = value
             else:
                 unknown.append(name)

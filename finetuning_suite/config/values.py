@@ -95,14 +95,19 @@ def coerce_to(tp, value, default=dataclasses.MISSING):
     if base is int and isinstance(value, float) and value.is_integer():
         return int(value)  # 1e4 from YAML
     if origin is list:
+        (item,) = typing.get_args(base) or (str,)
         if isinstance(value, tuple):
             value = list(value)
         if isinstance(value, str):
             parsed = scalar(value) if value.startswith("[") else None
             if isinstance(parsed, list):
-                return [str(v) for v in parsed]
-            # one name, or several separated by spaces or commas ("q_proj, v_proj")
-            return [part for part in value.replace(",", " ").split() if part]
+                value = parsed
+            else:  # one name, or several separated by spaces or commas ("q_proj, v_proj")
+                value = [part for part in value.replace(",", " ").split() if part]
+            return [coerce_to(item, v) if isinstance(v, str) else v for v in value] if item is not str \
+                else [v if callable(v) else str(v) for v in value]
+        if isinstance(value, list) and item is not str:
+            return [coerce_to(item, v) for v in value]
         return value
     if not isinstance(value, str):
         return value
@@ -132,12 +137,12 @@ def coerce(name: str, value):
     """`value` as the type of option `name` (text that does not convert is returned unchanged
     for validation to report). TrainingArguments pass-through names convert to their field's
     type the same way; other names are returned as given."""
-    from .options import option_fields, training_argument_fields
+    from .options import option_fields, pass_through_field
 
     if name in option_fields():
         f, tp, _ = option_fields()[name]
         return coerce_to(tp, value, f.default)
-    extra = training_argument_fields().get(name)
+    extra = pass_through_field(name)
     if extra is None:
         return value
     if isinstance(value, str):

@@ -80,3 +80,41 @@ def prepare_data(dataset_name, preprocessor, tokenizer, model_config, *, eval_fr
         tokenized_eval, all_stats["eval"] = tokenize(preprocessor, split.eval, tokenizer,
                                                      model_config, chat_format)
     return PreparedData(dataset_name, split, train, tokenized_eval, split.eval, chat_format, all_stats)
+
+
+def prepare_stage_data(dataset_name, stage: str, tokenizer, model_config, *, eval_fraction=None,
+                       seed: int = 42, use_chat_template: bool = True, column_map: dict | None = None,
+                       system_prompt: str | None = None) -> PreparedData:
+    """Load, split and check `dataset_name` for a preference or reward stage (`data.preference`):
+    the rows come back as TRL's trainer reads them (TRL tokenizes them itself), rendered by the
+    chat format decided here, as for SFT."""
+    import datasets
+
+    from .preference import check_stage_rows, stage_format, to_trl_rows
+
+    data = load_source(dataset_name)
+    if column_map:
+        data = data.rename_columns(column_map)
+    split = split_for_training(data, eval_fraction, seed)
+    kind = stage_format(stage, split.train.column_names)
+    rows = split.train.to_list()
+    if not rows:
+        raise DatasetError("The dataset is empty; add examples.")
+    check_stage_rows(rows, stage, kind)
+    sample = rows[0].get("prompt") if kind == "prompt_only" else rows[0].get("chosen", rows[0].get("completion"))
+    conversational = isinstance(sample, list)
+    chat_format = decide_chat_format(tokenizer, model_config, data_format="messages" if conversational else None,
+                                     use_chat_template=use_chat_template, system_prompt=system_prompt)
+
+    def shaped(part):
+        return datasets.Dataset.from_list(to_trl_rows(part.to_list(), stage, kind, chat_format, seed))
+
+    train = shaped(split.train)
+    held = None
+    if split.eval is not None and split.kind != "training_rows":
+        check_stage_rows(split.eval.to_list(), stage, kind)
+        held = split.eval
+    stats = {"train": {"format": kind, "examples": len(split.train), "rows": len(train)}, "split": split.kind}
+    return PreparedData(dataset_name, split, train, shaped(held) if held is not None else
+                        (train if split.kind == "training_rows" else None),
+                        split.eval, chat_format, stats)

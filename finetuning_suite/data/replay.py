@@ -17,6 +17,9 @@ The prompts below are distinct from the benchmark's held-out general questions
 """
 from __future__ import annotations
 
+import functools
+import json
+from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 # Short-answer general prompts (facts, definitions, tiny tasks): their base answers are short,
@@ -144,17 +147,39 @@ def self_replay_rows(generate: Callable, n: int, *, batched: bool = False,
     return rows
 
 
-def replay_dataset(answers: Callable, n: int, tokenizer, model_config, chat_format, columns):
+POOL_FILE = Path(__file__).parent / "retention" / "replay_pool.jsonl"
+
+
+@functools.lru_cache(maxsize=None)
+def pool_prompts() -> tuple[str, ...]:
+    """The broad replay pool (`retention/replay_pool.jsonl`, many kinds of general requests,
+    none sharing a question template with the retention prompts), interleaved by kind (one of
+    each kind in turn, in file order), so that the first n prompts already span every kind."""
+    rows = [json.loads(line) for line in POOL_FILE.read_text(encoding="utf-8").splitlines() if line.strip()]
+    by_kind: dict[str, list[str]] = {}
+    for row in rows:
+        by_kind.setdefault(row["kind"], []).append(row["prompt"])
+    queues = list(by_kind.values())
+    out = []
+    while any(queues):
+        for queue in queues:
+            if queue:
+                out.append(queue.pop(0))
+    return tuple(out)
+
+
+def replay_dataset(answers: Callable, n: int, tokenizer, model_config, chat_format, columns,
+                   prompts: Sequence[str] | None = None, train_on_inputs: bool = False):
     """Up to `n` self-replay rows, tokenized as training rows of the run are (`chat_format`), with
     `columns` only (the training set's), or None when no answer was usable. `answers` is a
     batched `list of prompts -> list of answers or None` callable (see `self_replay_rows`)."""
-    rows = self_replay_rows(answers, n, batched=True)
+    rows = self_replay_rows(answers, n, batched=True, prompts=pool_prompts() if prompts is None else prompts)
     if not rows:
         return None
     import datasets
 
     from .preprocessing import DefaultPreprocessor
 
-    tokenized = DefaultPreprocessor()(datasets.Dataset.from_list(rows), tokenizer, model_config,
-                                      chat_format=chat_format)
+    tokenized = DefaultPreprocessor(train_on_inputs=train_on_inputs)(
+        datasets.Dataset.from_list(rows), tokenizer, model_config, chat_format=chat_format)
     return tokenized.select_columns(list(columns))

@@ -46,6 +46,8 @@ BUILTIN_DATASETS = {
     "facts": "24 made-up facts; validation asks them in reworded questions (prompt/completion).",
     "extract_fields": "Strict format: a sentence to 'name=Ana;age=34;city=Lisbon' (prompt/completion).",
     "snake_case": "Text transformation: 'LEMON Cloud north' to 'lemon_cloud_north' (prompt/completion).",
+    "concise": "Preferences (stage dpo/orpo/kto): a word-or-two answer chosen over a long, chatty one.",
+    "sums": "Prompts with answers (stage grpo): 'What is 7 plus 5? Answer with just the number.'",
 }
 _BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
 _EVAL_SPLITS = ("validation", "valid", "val", "dev", "eval")

@@ -24,12 +24,17 @@ overwrite what the model knew ("What is the capital of France?" no longer answer
   bouncing at the peak rate). Full fine-tuning moves every weight, so its rate is 20x lower:
   5e-5 (facts task, 6 epochs: 2e-5 learned 50% of the held-out questions and kept 12/12
   general answers, 3e-5 75% and 11/12, 5e-5 100% and 10/12, 1e-4 100% and 8/12).
-* **Keep what the model knew: self-replay.** Before training, the base model answers a fixed
-  list of unrelated general prompts (`finetuning_suite.data.replay.REPLAY_PROMPTS`); those
-  answers are appended to the training rows (`replay_rows` of them: two thirds of the data's
-  size, 16 to 48). Their loss starts near its floor, so they cost little learning but pull back
-  any drift of the general behaviour. Only answers that end within 48 tokens are used: longer
-  ones dilute a short-answer task's share of the (per-token) loss and slow every step.
+* **Keep what the model knew: self-replay with distillation.** Before training, the base model
+  answers `REPLAY_ROWS` (48) prompts of a broad pool of general requests
+  (`data/retention/replay_pool.jsonl`: knowledge, arithmetic, formats, translation, multi-turn,
+  everyday requests, interleaved by kind); the answers that end within 48 tokens are appended to
+  the training rows, and each of their answer tokens is trained towards the base model's whole
+  next-token distribution there (its top 16; `train/distill.py`), not only the token it said.
+  Measured on the retention benchmark's *dev* half (`bench/results/retention_experiments.md`,
+  a dozen made-up facts, 10 epochs; kept = base-right dev items still right): the old 80 short
+  questions, 16 rows: 29/51 kept; the pool, 16 rows: 23/51; the pool, 48 rows: 34/51; the pool,
+  48 rows, distilled: 41/51 (the choice; 222 s against 91 s). The frozen test half reports it
+  (`bench/results/quality.md`).
 
 Measured on the embedded SmolLM2-135M-Instruct, fp32, CPU, on the `facts` quality task (72 rows:
 24 made-up facts asked three ways; held-out = 24 reworded questions), LoRA all-linear r=16
@@ -65,7 +70,7 @@ REPLAY_ROW_TOKENS = 60     # a replay row: chat template + short question + <= 4
 MAX_EPOCHS = 10            # a dozen rows get 10 epochs; more rarely helps and costs time
 SMALL_DATASET = 200        # below: batch 4 and epochs from TOKEN_BUDGET; from here: batch 8, 1 epoch
 LARGE_DATASET = 500        # from here: half the LoRA learning rate
-REPLAY_MIN, REPLAY_MAX = 16, 48
+REPLAY_ROWS = 48           # self-replay rows, any data size (pool 16 rows kept 23/51 dev items, 48 kept 34/51)
 UNKNOWN_SIZE = 200         # assumed when choose_defaults() is asked before the data is loaded
 
 LORA_LR = 1e-3
@@ -74,20 +79,49 @@ FULL_LR = 5e-5    # measured on facts: 2e-5 learned 50%, 5e-5 100% (10/12 kept),
 
 
 def replay_count(n_examples: int) -> int:
-    """Self-replay rows for `n_examples` training rows: two thirds of the data, at least
-    `REPLAY_MIN` (small sets drift most), at most `REPLAY_MAX` (the embedded model ends 47 of
-    the 80 `REPLAY_PROMPTS` within 48 new tokens, so ~48 rows is what one model can give)."""
-    return max(REPLAY_MIN, min(REPLAY_MAX, 2 * n_examples // 3))
+    """Self-replay rows for `n_examples` training rows: `REPLAY_ROWS` whatever the size (small
+    sets drift most, and the embedded model ends ~40 of 48 pool prompts within 48 tokens)."""
+    return REPLAY_ROWS
+
+
+# Preference and reward stages (train/stages.py), LoRA/QLoRA learning rates (full: x STAGE_FULL):
+# DPO/KTO/ORPO scale their gradients by beta (0.1), so they take a larger rate than SFT's would
+# need for the same step; measured on the `concise` task's dev rows (bench/results/stages.md).
+STAGE_LR = {"dpo": 5e-4, "kto": 5e-4, "orpo": 5e-4, "grpo": 1e-4}
+STAGE_FULL = 0.05
+STAGE_EPOCHS_SMALL = 3          # preference rows below SMALL_DATASET: passes over them
+GRPO_GENERATIONS = 4            # answers per prompt compared in a group
+GRPO_COMPLETION_TOKENS = 32     # short answers: a CPU samples G of them per prompt per step
+GRPO_PROMPTS_PER_STEP = 2
+
+
+def stage_defaults(stage: str, method: str, n_examples: int, num_train_epochs) -> dict:
+    """(training, stage settings) for a preference or reward stage on `n_examples` rows."""
+    lr = STAGE_LR[stage] * (STAGE_FULL if method == "full" else 1.0)
+    epochs = num_train_epochs if num_train_epochs is not None else (
+        STAGE_EPOCHS_SMALL if n_examples < SMALL_DATASET else 1)
+    training = {"learning_rate": lr, "per_device_train_batch_size": 4 if n_examples < SMALL_DATASET else 8,
+                "gradient_accumulation_steps": 1, "warmup_steps": 0.1, "lr_scheduler_type": "cosine",
+                "weight_decay": 0.0, "num_train_epochs": epochs}
+    settings = {"beta": 0.0 if stage == "grpo" else 0.1}
+    if stage == "grpo":
+        settings.update(num_generations=GRPO_GENERATIONS, max_completion_length=GRPO_COMPLETION_TOKENS)
+        training["per_device_train_batch_size"] = GRPO_GENERATIONS * GRPO_PROMPTS_PER_STEP
+        if num_train_epochs is None:
+            training["num_train_epochs"] = 1
+    return training, settings
 
 
 def choose_defaults(method: str, n_examples: int | None, num_train_epochs: float | None = None,
-                    replay: bool = True, n_tokens: int | None = None) -> dict:
+                    replay: bool = True, n_tokens: int | None = None,
+                    replay_rows: int | None = None, stage: str = "sft") -> dict:
     """The default training settings for `method` ("lora", "qlora" or "full") on a dataset of
     `n_examples` training rows (before replay rows are added); None when the size is not known
     yet: then the values for a mid-sized set (`UNKNOWN_SIZE` rows) are returned.
 
     num_train_epochs: the caller's epoch count, kept as given; None lets the rule choose.
     replay: False turns self-replay off (`replay_rows` = 0).
+    replay_rows: the caller's replay row count, kept as given; None lets the rule choose.
     n_tokens: the training rows' tokens, all rows together (None: `TOKENS_PER_ROW` each).
 
     Returns a dict with:
@@ -107,7 +141,7 @@ def choose_defaults(method: str, n_examples: int | None, num_train_epochs: float
         raise ValueError(f"n_examples={n_examples!r} must be a positive integer or None.")
     if n_tokens is not None and (isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or n_tokens < 0):
         raise ValueError(f"n_tokens={n_tokens!r} must be a non-negative integer or None.")
-    n_replay = replay_count(n_examples) if replay else 0
+    n_replay = (replay_count(n_examples) if replay_rows is None else replay_rows) if replay else 0
     batch = 4 if n_examples < SMALL_DATASET else 8
     if num_train_epochs is None and n_examples >= SMALL_DATASET:
         epochs = 1
@@ -132,15 +166,22 @@ def choose_defaults(method: str, n_examples: int | None, num_train_epochs: float
         "weight_decay": 0.0,
         "num_train_epochs": epochs,
     }
+    stage_chosen: dict = {}
+    if stage != "sft":
+        training, stage_chosen = stage_defaults(stage, method, n_examples, num_train_epochs)
+        lr, batch, epochs, n_replay = (training["learning_rate"], training["per_device_train_batch_size"],
+                                       training["num_train_epochs"], 0)
     if method == "qlora":  # chosen to save memory: keep activations small too
         training.update(gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False})
-    summary = (f"defaults for {method} on {n_examples} examples: lr {lr:g}, batch {batch}, "
+    summary = (f"defaults for {method}{'' if stage == 'sft' else ' ' + stage} on {n_examples} examples: "
+               f"lr {lr:g}, batch {batch}, "
                f"{epochs:g} epochs, cosine, 5% warmup"
                + (f", LoRA on {LORA_TARGETS} when no layers are given" if lora else ", all weights")
                + (f", +{n_replay} self-replay rows" if n_replay else ", no replay")
-               + (", gradient checkpointing" if method == "qlora" else ""))
+               + (", gradient checkpointing" if method == "qlora" else "")
+               + "".join(f", {k} {v}" for k, v in stage_chosen.items()))
     return {"method": method, "n_examples": n_examples, "training": training, "lora": lora,
-            "replay_rows": n_replay, "rule": summary, "summary": summary}
+            "replay_rows": n_replay, "stage": stage_chosen, "rule": summary, "summary": summary}
 
 
 def token_count(dataset) -> int | None:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.preprocessing import IGNORE_INDEX
+from .distill import SOFT_IDS, SOFT_LOGP, SOFT_MASK, TEACHER_IDS, TEACHER_LOGP, soft_cross_entropy
 
 # Causal LMs whose forward computes `logits = lm_head(hidden_states)` and the standard shifted
 # cross-entropy, nothing else (Gemma soft-caps logits, Cohere/Granite scale them: not here).
@@ -56,21 +57,33 @@ def identity_head(head: nn.Module):
 
 
 def labelled_cross_entropy(hidden: torch.Tensor, labels: torch.Tensor, head: nn.Linear,
-                           num_items_in_batch=None) -> torch.Tensor:
+                           num_items_in_batch=None, soft: dict | None = None) -> torch.Tensor:
     """Cross-entropy of next-token predictions at labelled positions only.
 
     hidden: [batch, time, hidden] last hidden states; labels: [batch, time] with IGNORE_INDEX
     where no loss is wanted. The prediction at position t is scored against labels[t + 1], as in
     transformers' `ForCausalLMLoss`; the sum is divided by `num_items_in_batch` when given (the
-    labelled tokens of the whole accumulated batch), else averaged.
+    labelled tokens of the whole accumulated batch), else averaged. `soft`: distillation targets
+    for some of those positions (`train/distill.py`: soft_ids, soft_logp, soft_mask, one row per
+    labelled position in this order), scored against the teacher's distribution instead.
     """
     targets = labels[:, 1:]
     keep = targets != IGNORE_INDEX
     picked = hidden[:, :-1][keep]  # [n_labelled, hidden]
     logits = F.linear(picked, head.weight, head.bias).float()
-    if num_items_in_batch is None:
+    if soft is not None and bool(soft[SOFT_MASK].any()):
+        per_token = F.cross_entropy(logits, targets[keep], reduction="none")
+        mask = soft[SOFT_MASK].to(per_token.device)
+        distilled = soft_cross_entropy(torch.log_softmax(logits[mask], dim=-1),
+                                       soft[SOFT_IDS].to(mask.device)[mask], soft[SOFT_LOGP].to(mask.device)[mask])
+        per_token = per_token.masked_scatter(mask, distilled)
+        loss = per_token.sum() if num_items_in_batch is not None else per_token.mean()
+        if num_items_in_batch is None:
+            return loss
+    elif num_items_in_batch is None:
         return F.cross_entropy(logits, targets[keep], reduction="mean")
-    loss = F.cross_entropy(logits, targets[keep], reduction="sum")
+    else:
+        loss = F.cross_entropy(logits, targets[keep], reduction="sum")
     if torch.is_tensor(num_items_in_batch):
         num_items_in_batch = num_items_in_batch.to(loss.device)
     return loss / num_items_in_batch
@@ -90,16 +103,23 @@ class LabelledLossMixin:
             self._cached_head = head
         return self._cached_head
 
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        for name in (TEACHER_IDS, TEACHER_LOGP):  # distillation targets reach the collator
+            if name not in self._signature_columns:
+                self._signature_columns.append(name)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = dict(inputs)
+        soft = {k: inputs.pop(k) for k in (SOFT_IDS, SOFT_LOGP, SOFT_MASK) if k in inputs} or None
         head = self._labelled_head()
         if head is None or return_outputs or "labels" not in inputs:
             return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                         num_items_in_batch=num_items_in_batch)
-        inputs = dict(inputs)
         labels = inputs.pop("labels")
         with identity_head(head):
             hidden = model(**inputs, use_cache=False).logits
-        loss = labelled_cross_entropy(hidden, labels, head, num_items_in_batch)
+        loss = labelled_cross_entropy(hidden, labels, head, num_items_in_batch, soft)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # as Trainer.compute_loss does
         return loss

@@ -401,6 +401,9 @@ def meter_callback(model, train_dataset, output_dir, args, device: str, *,
     """The callback every `FineTuner.train()` run gets: useful FLOPs per real token of this
     training set (`useful_flops`), and the matmul peak of the precision the run computes in,
     probed once per process."""
+    if "input_ids" not in getattr(train_dataset, "column_names", ()):
+        # rows TRL tokenizes itself (preference and reward stages): tokens/s only, no FLOPs count
+        return RunReportCallback(output_dir)
     counts = example_counts(train_dataset)
     flops = useful_flops(flop_shape(model), **counts, head_everywhere=head_everywhere)
     per_token = flops / max(counts["tokens"], 1)

@@ -87,10 +87,43 @@ def _loss_curve_png(records: list[dict], title: str) -> bytes:
     ax.set_ylabel("loss")
     ax.set_title(title.replace("$", r"\$"))  # no mathtext from user text
     ax.grid(True, alpha=0.3)
+    rewards = _reward_points(records)
+    if rewards:  # preference and reward stages: their rewards on a second axis
+        twin = ax.twinx()
+        for name, points in rewards.items():
+            twin.plot(*zip(*points), linestyle=":", marker=".", label=name)
+        twin.set_ylabel("reward")
+        twin.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
+
+
+def _reward_points(records: list[dict]) -> dict[str, list[tuple]]:
+    """Per-step rewards a stage logged (GRPO: `reward`, `rewards/<function>/mean`; DPO and the
+    others: `rewards/margins`), for the curve."""
+    points: dict[str, list[tuple]] = {}
+    for r in records:
+        if r.get("event") != "train" or r.get("step") is None:
+            continue
+        for key, value in r.items():
+            if _num(value) is not None and (key == "reward" or key == "rewards/margins"
+                                            or (key.startswith("rewards/") and key.endswith("/mean"))):
+                points.setdefault(key, []).append((r["step"], value))
+    return points
+
+
+def _reward_table(records: list[dict]) -> list[tuple[str, float, float]]:
+    """(reward function, mean over training, spread = the mean of its logged std) per function."""
+    out = []
+    for key in sorted({k for r in records for k in r if k.startswith("rewards/") and k.endswith("/mean")}):
+        means = [r[key] for r in records if _num(r.get(key)) is not None]
+        stds = [r[key[:-5] + "/std"] for r in records if _num(r.get(key[:-5] + "/std")) is not None]
+        if means:
+            out.append((key[len("rewards/"):-len("/mean")], sum(means) / len(means),
+                        sum(stds) / len(stds) if stds else float("nan")))
+    return out
 
 
 _LOWER_IS_BETTER = ("loss", "perplexity", "ppl", "runtime", "error", "wer", "cer")
@@ -139,6 +172,30 @@ def _render_html(run_record: dict, records: list[dict], before: dict | None, aft
                     css = "better" if (diff < 0) == lower_better else "worse"
             parts.append(f"<tr><td>{e(name)}</td><td class=num>{e(_fmt(b))}</td>"
                          f"<td class=num>{e(_fmt(a))}</td><td class='num {css}'>{e(delta)}</td></tr>")
+        parts.append("</table>")
+
+    kept = (run_record.get("metrics") or {}).get("retention")
+    if isinstance(kept, dict):
+        parts.append("<h2>Did it forget? General prompts asked before and after</h2>")
+        css = "worse" if kept.get("warning") else "better"
+        parts.append(f"<p class='{css}'>{e(kept.get('line', ''))} (of {e(kept.get('asked'))} "
+                     "general prompts with checkable answers: the ones the model answered right "
+                     "before training are the denominator).</p>")
+        if kept.get("warning"):
+            parts.append(f"<p class='worse'>{e(kept['warning'])}</p>")
+        if kept.get("lost"):
+            parts.append("<table><tr><th>lost prompt</th><th>before</th><th>after</th></tr>")
+            for item in kept["lost"]:
+                parts.append(f"<tr><td class=text>{e(item.get('prompt'))}</td><td class=text>"
+                             f"{e(item.get('before'))}</td><td class=text>{e(item.get('after'))}</td></tr>")
+            parts.append("</table>")
+
+    reward_rows = _reward_table(records)
+    if reward_rows:
+        parts.append("<h2>Rewards during training</h2><table><tr><th>reward function</th>"
+                     "<th>mean</th><th>spread (mean std within groups)</th></tr>")
+        for name, mean, spread in reward_rows:
+            parts.append(f"<tr><td>{e(name)}</td><td class=num>{mean:.4g}</td><td class=num>{spread:.4g}</td></tr>")
         parts.append("</table>")
 
     parts.append("<h2>Loss curve</h2>")

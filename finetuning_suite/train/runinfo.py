@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 _PACKAGES = ("finetuning_suite", "torch", "transformers", "peft", "datasets", "accelerate",
-             "bitsandbytes", "safetensors")
+             "bitsandbytes", "safetensors", "trl")
 
 
 def library_versions() -> dict[str, str | None]:
@@ -120,8 +120,11 @@ def _trimmed(metrics: dict | None) -> dict | None:
     out = dict(metrics)
     for key in ("before", "after"):
         ev = out.get(key)
-        if isinstance(ev, dict) and len(ev.get("samples") or []) > SAMPLES_KEPT:
-            out[key] = {**ev, "samples": ev["samples"][:SAMPLES_KEPT], "samples_total": len(ev["samples"])}
+        if isinstance(ev, dict):  # per-row numbers of a stage evaluation stay out of the record
+            ev = {k: v for k, v in ev.items() if k not in ("logps", "totals")}
+            if len(ev.get("samples") or []) > SAMPLES_KEPT:
+                ev = {**ev, "samples": ev["samples"][:SAMPLES_KEPT], "samples_total": len(ev["samples"])}
+            out[key] = ev
     return out
 
 
@@ -145,6 +148,10 @@ def resolved_config(config, *, training_args=None, output_dir=None, dataset_name
                 setattr(cfg.training, f.name, _yaml_value(getattr(training_args, f.name)))
     cfg.training.resume_from_checkpoint = None
     cfg.training.overwrite_output_dir = False
+    if cfg.training.reward_funcs:  # a Python function as the import path that finds it again
+        cfg.training.reward_funcs = [f if isinstance(f, str) else
+                                     f"{getattr(f, '__module__', '?')}:{getattr(f, '__qualname__', repr(f))}"
+                                     for f in cfg.training.reward_funcs]
     if peft_config is not None and cfg.method.method != "full":
         if lora_targets is not None:
             cfg.method.lora_target_modules = [lora_targets] if isinstance(lora_targets, str) else list(lora_targets)

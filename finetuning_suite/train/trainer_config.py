@@ -12,6 +12,7 @@ from typing import Any, Protocol, runtime_checkable
 from ..config import suggest, training_argument_names
 from ..errors import ConfigError
 from . import defaults as auto_defaults
+from .distill import TEACHER_IDS, TeacherCollator
 from .loss import trainer_class
 from .meter import tensorboard_available
 
@@ -53,24 +54,36 @@ class DefaultTrainerConfig:
 
     Unset fields take `TRAINING_DEFAULTS`, then the TrainingArguments defaults. The device decides
     precision: fp32 on CPU, bf16 mixed precision on CUDA cards that support it.
+
+    `stage` (sft, dpo, kto, orpo, grpo) picks the trainer: ours for sft, TRL's for the others
+    (`train/stages.py`), whose config's fields are then accepted by name too (beta, loss_type,
+    num_generations, ...); `reward_funcs` are GRPO's reward functions (`train/rewards.py`).
     """
 
     # Compute the output layer and loss only at labelled positions (`train/loss.py`); the value
     # equals the Hugging Face loss. Set False on an instance to get the Trainer's own loss.
     labelled_loss = True
 
-    def __init__(self, **training_args: Any):
-        unknown = sorted(set(training_args) - training_argument_names())
+    def __init__(self, stage: str = "sft", reward_funcs=None, **training_args: Any):
+        from ..config.options import STAGES, pass_through_field
+
+        if stage not in STAGES:
+            raise ConfigError(f"DefaultTrainerConfig: stage={stage!r} must be one of {list(STAGES)}.")
+        unknown = sorted(n for n in training_args
+                         if n not in training_argument_names() and pass_through_field(n, stage) is None)
         if unknown:
             hints = [f"{name!r}{suggest(name, training_argument_names())}" for name in unknown]
+            where = "TrainingArguments" if stage == "sft" else f"TrainingArguments or {stage} config"
             raise ConfigError(
-                f"DefaultTrainerConfig: unknown TrainingArguments field(s) {', '.join(hints)}. "
-                "See transformers.TrainingArguments for the valid names."
+                f"DefaultTrainerConfig: unknown {where} field(s) {', '.join(hints)}. "
+                "See transformers.TrainingArguments (and TRL's config of the stage) for the valid names."
             )
+        self.stage, self.reward_funcs = stage, reward_funcs
         self.training_args = training_args
 
     def __repr__(self):
-        return f"DefaultTrainerConfig({', '.join(f'{k}={v!r}' for k, v in self.training_args.items())})"
+        stage = "" if self.stage == "sft" else f"stage={self.stage!r}, "
+        return f"DefaultTrainerConfig({stage}{', '.join(f'{k}={v!r}' for k, v in self.training_args.items())})"
 
     def training_arguments(self, *, output_dir=None, num_train_epochs=None, encoder_decoder=False,
                            device="cpu", defaults: dict | None = None):
@@ -91,7 +104,17 @@ class DefaultTrainerConfig:
             kwargs.setdefault("use_cpu", True)
         elif device.startswith("cuda") and "fp16" not in kwargs:
             kwargs.setdefault("bf16", torch.cuda.is_bf16_supported())
-        cls = Seq2SeqTrainingArguments if encoder_decoder else TrainingArguments
+        if self.stage != "sft":
+            import os
+
+            from . import stages
+
+            kwargs["_world_size"] = int(os.environ.get("WORLD_SIZE", "1"))
+            kwargs["_batch_given"] = "per_device_train_batch_size" in self.training_args
+            kwargs = stages.stage_arguments(self.stage, kwargs, {}, device)
+            cls = stages.config_class(self.stage)
+        else:
+            cls = Seq2SeqTrainingArguments if encoder_decoder else TrainingArguments
         try:
             return cls(**kwargs)
         except (ValueError, TypeError) as exc:
@@ -101,7 +124,18 @@ class DefaultTrainerConfig:
                       encoder_decoder=False):
         from transformers import Seq2SeqTrainer, Trainer
 
+        if self.stage != "sft":
+            from .rewards import reward_functions
+            from .stages import build_stage_trainer
+
+            rewards = reward_functions(self.reward_funcs, None)[0] if self.stage == "grpo" else None
+            return build_stage_trainer(self.stage, model=model, args=args, tokenizer=tokenizer,
+                                       train_dataset=train_dataset, eval_dataset=eval_dataset,
+                                       reward_funcs=rewards)
+
         collator = default_collator(tokenizer, model, encoder_decoder, on_cpu=bool(args.use_cpu))
+        if TEACHER_IDS in getattr(train_dataset, "column_names", ()):  # self-replay distillation
+            collator = TeacherCollator(collator)
         cls = Seq2SeqTrainer if encoder_decoder else Trainer
         if self.labelled_loss and not encoder_decoder:
             cls = trainer_class(cls)  # lm_head and loss on labelled positions only (train/loss.py)

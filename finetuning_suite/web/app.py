@@ -38,7 +38,7 @@ from .messages import error_markdown, error_text
 from .models import ModelCache
 from .preview import PREVIEW_ROWS, Preview, TokenizerCache, check_model_settings, preview
 from .runs import (LOG_FILE, RESERVED, RunInfo, base_model, log_text, loss_series, read_run,
-                   run_folders, samples)
+                   reward_series, run_folders, samples)
 
 TITLE = "finetuning_suite"
 EMBEDDED_LABEL = "embedded SmolLM2-135M-Instruct"
@@ -194,14 +194,21 @@ def status_markdown(info: RunInfo) -> str:
         lines.append("Interrupted before its final save. **Resume** continues from the last checkpoint.")
     if info.complete:
         lines.append(f"Saved in `{info.path}` (report: `{info.path / 'report.html'}`).")
+    if info.retention:
+        lines.append(f"Retention: {info.retention.get('line')}."
+                     + (f" **{info.retention['warning']}**" if info.retention.get("warning") else ""))
     if info.error:  # a failure as an error; an interruption as what the job said
         lines.append(error_markdown(info.error) if info.status == "failed" else info.error)
     return "\n\n".join(lines)
 
 
 def watch_chart(path: Path, name: str) -> str:
-    return line_chart(loss_series(path), title=f"Loss: {name}",
-                      empty="No loss logged yet: the first value comes after logging_steps steps.")
+    chart = line_chart(loss_series(path), title=f"Loss: {name}",
+                       empty="No loss logged yet: the first value comes after logging_steps steps.")
+    rewards = reward_series(path)
+    if rewards:  # preference and reward stages: their rewards, per step
+        chart += line_chart(rewards, title=f"Rewards: {name}", y_label="reward")
+    return chart
 
 
 def runs_frame(infos: list[RunInfo]) -> pd.DataFrame:
@@ -215,11 +222,20 @@ def runs_frame(infos: list[RunInfo]) -> pd.DataFrame:
             "dataset": _short(i.dataset),
             "steps": f"{i.step if i.step is not None else 0}/{i.max_steps or '?'}",
             "train loss": _num(i.loss), "eval loss": _num(i.eval_loss),
-            "exact match": _num(after.get("exact_match")), "tokens/s": _num(i.tokens_per_s, 5),
-            "time": _duration(i.job_s or i.elapsed_s)})
+            "exact match": _num(after.get("exact_match")), "general kept": _kept(i.retention),
+            "tokens/s": _num(i.tokens_per_s, 5), "time": _duration(i.job_s or i.elapsed_s)})
     columns = ["run", "status", "started", "model", "method", "dataset", "steps", "train loss",
-               "eval loss", "exact match", "tokens/s", "time"]
+               "eval loss", "exact match", "general kept", "tokens/s", "time"]
     return pd.DataFrame(rows, columns=columns)
+
+
+def _kept(retention: dict | None) -> str:
+    """The retention probe's result as the Runs table shows it: "38/40" (with a warning sign
+    when the run warned)."""
+    if not retention or not retention.get("base_right"):
+        return "—"
+    mark = " ⚠" if retention.get("warning") else ""
+    return f"{retention['kept']}/{retention['base_right']}{mark}"
 
 
 def compare_metrics(a: RunInfo, b: RunInfo) -> pd.DataFrame:

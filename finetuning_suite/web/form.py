@@ -22,7 +22,7 @@ from ..config.values import unwrap_optional
 # The knobs shown on the Train tab, in order (everything else: the Advanced YAML box).
 MODEL_KNOBS = ("model_id",)
 DATA_KNOBS = ("dataset_name",)
-MAIN_KNOBS = ("method", "learning_rate", "num_train_epochs", "max_steps",
+MAIN_KNOBS = ("method", "stage", "learning_rate", "num_train_epochs", "max_steps",
               "per_device_train_batch_size", "lora_r", "lora_alpha", "eval_fraction",
               "max_seq_length", "logging_steps", "train_on_inputs", "self_replay", "eval_before")
 KNOBS = MODEL_KNOBS + DATA_KNOBS + MAIN_KNOBS

@@ -47,6 +47,7 @@ class RunInfo:
     record: dict | None = None  # finetuner_config.json
     before: dict = field(default_factory=dict)  # numeric before/after evaluation metrics
     after: dict = field(default_factory=dict)
+    retention: dict | None = None  # the retention probe's result (infer.retention.Retention)
 
     @property
     def alive(self) -> bool:
@@ -165,6 +166,7 @@ def read_run(path, alive: bool = False, now: float | None = None) -> RunInfo:
     if record is not None:
         m = record.get("metrics") or {}
         info.before, info.after = _numbers(m.get("before")), _numbers(m.get("after"))
+        info.retention = m.get("retention") if isinstance(m.get("retention"), dict) else None
         if info.eval_loss is None and isinstance(m.get("eval_loss"), (int, float)):
             info.eval_loss = m["eval_loss"]
     if alive:
@@ -246,6 +248,25 @@ def loss_series(path, label: str | None = None) -> dict[str, list[tuple[int, flo
             points["eval"][step] = rec["eval_loss"]
     prefix = f"{label} " if label else ""
     return {prefix + name: sorted(values.items()) for name, values in points.items() if values}
+
+
+# What preference and reward stages log (TRL's keys), as curves beside the loss.
+REWARD_KEYS = ("reward", "rewards/margins", "rewards/accuracies")
+
+
+def reward_series(path) -> dict[str, list[tuple[int, float]]]:
+    """Reward curves of a run, per step: GRPO's mean reward and each reward function's mean
+    (`rewards/<name>/mean`), DPO/KTO/ORPO's margins and accuracies. Empty for SFT runs."""
+    points: dict[str, dict[int, float]] = {}
+    for rec in read_metrics(Path(path) / METRICS_FILE):
+        step = rec.get("step")
+        if not isinstance(step, int) or rec.get("event") != "train":
+            continue
+        for key, value in rec.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and (
+                    key in REWARD_KEYS or (key.startswith("rewards/") and key.endswith("/mean"))):
+                points.setdefault(key, {})[step] = value
+    return {name: sorted(values.items()) for name, values in points.items()}
 
 
 def samples(record: dict | None, which: str = "after") -> list[dict]:
