@@ -553,10 +553,10 @@ def test_cli_export(tiny_llama, tmp_path, capsys):
 
 # -- the embedded model --------------------------------------------------------------------------
 @pytest.mark.slow
-def test_embedded_gguf_f16_equals_the_merged_model(tmp_path):
-    ft = FineTuner(device="cpu", max_length=16)
+def test_embedded_gguf_f16_equals_the_merged_model(embedded, tmp_path):
+    ft = embedded  # the session's one FineTuner on the embedded model (read only here)
     prompt = "What is the capital of France?"
-    expected = ft.generate(prompt)
+    expected = ft.generate(prompt, 16)
     written = export_model(ft, tmp_path / "smollm2", gguf="f16")
     (result,) = run_plain([{"kind": "gguf", "file": written["gguf"], "merged": written["folder"],
                             "prompts": [prompt], "max_new": 16, "round": "f16"}])

@@ -274,3 +274,55 @@ def test_q8_0_is_what_llama_cpp_quantizer_writes(judged, tmp_path):
         assert t.tensor_type == theirs[name].tensor_type, name
         assert np.array_equal(np.asarray(t.data), np.asarray(theirs[name].data)), name
     assert any(t.tensor_type.name == "Q8_0" for t in ours.values())
+
+
+# -- the embedded model ----------------------------------------------------------------------------
+EMBEDDED_PROMPTS = [
+    "What is the capital of France?", "Who wrote Romeo and Juliet?",
+    "How many legs does a spider have?", "Which planet is known as the Red Planet?",
+    "Give me one tip for sleeping better.", "What is 2 + 2?", "Name a primary color.",
+    "What do bees make?", "Translate 'thank you' into French.", "What is the boiling point of water?",
+]
+EMBEDDED_NEW = 24
+
+
+@pytest.mark.slow
+def test_embedded_f16_and_q8_0_answer_as_the_merged_model_in_llama_cpp(embedded, tmp_path):
+    """SmolLM2-135M in llama.cpp: the F16 file gives the merged model's greedy answers on at
+    least 9 of 10 prompts. Q8_0 gives the same first answer token on at least 9 of 10; whole
+    answers part after a few tokens on most prompts (2/10 identical at 32 tokens,
+    bench/results/export.md), although its tensors are the bytes llama.cpp's own quantizer writes
+    (test_q8_0_is_what_llama_cpp_quantizer_writes) and the same file read by transformers' GGUF
+    loader, which dequantizes the weights and computes in float32, gave 10/10: llama.cpp also
+    rounds the activations to 8 bits in its Q8_0 products, and this small model's answers are
+    that sensitive. The Q4_K_M figures are in bench/results/export.md."""
+    jobs, written = [], {}
+    for qtype in ("f16", "q8_0"):
+        written[qtype] = export_model(embedded, tmp_path / qtype, gguf=qtype)
+    folder = written["f16"]["folder"]
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    texts = [chat_text(tok, p) for p in EMBEDDED_PROMPTS]
+    for qtype in written:
+        jobs.append({"file": written[qtype]["gguf"], "texts": texts, "max_new": EMBEDDED_NEW,
+                     "out": str(tmp_path / f"logits-{qtype}")})
+    results = run_llama_cpp(jobs)
+    expected, first = [], []
+    with torch.no_grad():
+        for text in texts:
+            ids = tok(text, add_special_tokens=False, return_tensors="pt").input_ids
+            first.append(model(input_ids=ids).logits[0, -1].numpy())
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                 max_new_tokens=EMBEDDED_NEW, do_sample=False)[0, ids.shape[1]:]
+            expected.append(tok.decode(out, skip_special_tokens=True).strip())
+    assert "Paris" in expected[0]
+    for qtype, result in zip(written, results):
+        got = [tok.decode(t["greedy"], skip_special_tokens=True).strip() for t in result["texts"]]
+        same = sum(a == b for a, b in zip(got, expected))
+        same_first = sum(bool(t["greedy"]) and t["greedy"][0] == int(f.argmax())
+                         for t, f in zip(result["texts"], first))
+        diff = max(float(np.abs(np.load(t["logits"]) - f).max()) for t, f in zip(result["texts"], first))
+        assert (same if qtype == "f16" else same_first) >= 9, (qtype, same, same_first, diff,
+                                                               list(zip(got, expected)))
+        assert all(t["ids"] == tok(x, add_special_tokens=False).input_ids
+                   for t, x in zip(result["texts"], texts))
