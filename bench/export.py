@@ -15,7 +15,14 @@ and GGUF conversion change in the model's output.
    (`merged_model(ft, quantized_base="original")`) and for the 4-bit base without adapter vs
    the float32 base.
 
-Writes bench/results/export.json; the write-up is bench/results/export.md.
+3. llama.cpp (`--parts llama_cpp`, needs the `gguf` extra): the embedded model as loaded
+   (`FineTuner()`, its fresh adapter merged), exported to every GGUF type, each file loaded by
+   llama.cpp itself (llama-cpp-python, one child process) and compared with the merged folder in
+   transformers on ten general questions: greedy answers identical, first answer token
+   identical, the largest first-token logit difference, file sizes.
+
+Writes bench/results/export.json (a part run alone updates its own key); the write-up is
+bench/results/export.md.
 """
 from __future__ import annotations
 
@@ -170,11 +177,98 @@ def qlora_part(steps: int, n_dates: int, work: Path) -> dict:
     return result
 
 
+LLAMA_CPP_PROMPTS = GENERAL + ["What is 2 + 2?", "Name a primary color.", "What do bees make?",
+                               "Translate 'thank you' into French.",
+                               "What is the boiling point of water?"]
+LLAMA_CPP_CHILD = r"""
+import json, sys
+import numpy as np
+import llama_cpp
+out = []
+for job in json.load(sys.stdin):
+    llm = llama_cpp.Llama(model_path=job["file"], logits_all=True, verbose=False, n_ctx=512, seed=0)
+    vocab = llama_cpp.llama_model_get_vocab(llm.model)
+    rows = []
+    for ids in job["prompts"]:
+        llm.reset()
+        llm.eval(ids)
+        first = np.array(llm.scores[len(ids) - 1], dtype=np.float32)
+        new = []
+        for _ in range(job["max_new"]):
+            t = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            if llama_cpp.llama_vocab_is_eog(vocab, t):
+                break
+            new.append(t)
+            llm.eval([t])
+        rows.append({"new": new, "first": first.tolist()})
+    out.append(rows)
+    del llm
+print("RESULTS " + json.dumps(out))
+"""
+
+
+def llama_cpp_part(work: Path, types: list[str]) -> dict:
+    """Every GGUF type of the embedded model in llama.cpp against the merged model."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    ft = FineTuner(device="cpu", max_length=MAX_NEW)
+    written = {}
+    for qtype in types:
+        started = time.time()
+        written[qtype] = export_model(ft, work / f"gguf_{qtype}", gguf=qtype, overwrite=True)
+        written[qtype]["seconds"] = round(time.time() - started, 1)
+    folder = written[types[0]]["folder"]
+    tok = AutoTokenizer.from_pretrained(folder)
+    merged = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    prompt_ids = [encode(tok, p)[0].tolist() for p in LLAMA_CPP_PROMPTS]
+    reference = []
+    with torch.inference_mode():
+        for ids in prompt_ids:
+            x = torch.tensor([ids])
+            out = merged.generate(input_ids=x, attention_mask=torch.ones_like(x),
+                                  max_new_tokens=MAX_NEW, do_sample=False)[0, len(ids):]
+            reference.append({"first": merged(input_ids=x).logits[0, -1].numpy(),
+                              "text": tok.decode(out, skip_special_tokens=True).strip(),
+                              "first_token": int(out[0])})
+    jobs = [{"file": written[q]["gguf"], "prompts": prompt_ids, "max_new": MAX_NEW} for q in types]
+    started = time.time()
+    proc = subprocess.run([sys.executable, "-c", LLAMA_CPP_CHILD], input=json.dumps(jobs),
+                          capture_output=True, text=True)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULTS ")), None)
+    if proc.returncode != 0 or line is None:
+        raise RuntimeError(f"llama.cpp exited {proc.returncode}: {proc.stderr[-2000:]}")
+    results = json.loads(line[len("RESULTS "):])
+    summary, rows = {}, [{"prompt": p, "merged": r["text"]} for p, r in zip(LLAMA_CPP_PROMPTS, reference)]
+    for qtype, per_prompt in zip(types, results):
+        diffs, same, first_same = [], 0, 0
+        for row, ref, got in zip(rows, reference, per_prompt):
+            text = tok.decode(got["new"], skip_special_tokens=True).strip()
+            row[qtype] = text
+            same += text == ref["text"]
+            first_same += bool(got["new"]) and got["new"][0] == ref["first_token"]
+            diffs.append(float(np.abs(np.array(got["first"]) - ref["first"]).max()))
+        summary[qtype] = {"greedy_identical": same, "first_token_identical": first_same,
+                          "of": len(rows), "max_first_token_logit_diff": round(max(diffs), 4),
+                          "gguf_bytes": os.path.getsize(written[qtype]["gguf"]),
+                          "export_seconds": written[qtype]["seconds"]}
+    import llama_cpp
+
+    return {"llama_cpp_python": llama_cpp.__version__, "llama_cpp_seconds": round(time.time() - started, 1),
+            "logit_scale": round(max(float(np.abs(r["first"]).max()) for r in reference), 2),
+            "summary": summary, "rows": rows}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=30, help="training steps of each short run")
     parser.add_argument("--dates", type=int, default=5, help="iso_dates validation prompts")
-    parser.add_argument("--parts", nargs="+", default=["lora", "qlora"], choices=["lora", "qlora"])
+    parser.add_argument("--parts", nargs="+", default=["lora", "qlora"],
+                        choices=["lora", "qlora", "llama_cpp"])
+    parser.add_argument("--gguf_types", nargs="+", default=["f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q4_k_m"])
     parser.add_argument("--out", default="bench/results/export.json")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -182,9 +276,10 @@ def main() -> None:
     if os.path.exists("/proc/cpuinfo"):
         cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
                     if line.startswith("model name")), cpu)
-    report = {"machine": {"cpu": cpu, "cores": os.cpu_count(),
-                          "torch_threads": torch.get_num_threads(), "torch": torch.__version__},
-              "max_new_tokens": MAX_NEW}
+    report = json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else {}
+    report.update({"machine": {"cpu": cpu, "cores": os.cpu_count(),
+                               "torch_threads": torch.get_num_threads(), "torch": torch.__version__},
+                   "max_new_tokens": MAX_NEW})
     with tempfile.TemporaryDirectory(prefix="export-bench-") as tmp:
         work = Path(tmp)
         if "lora" in args.parts:
@@ -194,6 +289,9 @@ def main() -> None:
             report["qlora"] = qlora_part(args.steps, args.dates, work)
             print(json.dumps(report["qlora"]["vs_4bit_model"]["summary"], indent=1), flush=True)
             print(json.dumps(report["qlora"]["base_only_4bit_vs_fp32"], indent=1), flush=True)
+        if "llama_cpp" in args.parts:
+            report["llama_cpp"] = llama_cpp_part(work, args.gguf_types)
+            print(json.dumps(report["llama_cpp"]["summary"], indent=1), flush=True)
     Path(args.out).write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
     print(f"wrote {args.out}")
 

@@ -449,8 +449,9 @@ class FineTuner:
     def export(self, path, merged: bool = True, gguf: str | None = None, overwrite: bool = False) -> dict:
         """Take the model out of the package: `merged=True` writes a plain transformers folder
         (adapter merged into the base, a 4-bit base dequantized first); `merged=False` the PEFT
-        adapter alone; `gguf="f16"|"q8_0"` also a GGUF file and an Ollama Modelfile (Llama
-        architectures). Returns the paths written. See `finetuning_suite.export`."""
+        adapter alone; `gguf="f16"|"bf16"|"q8_0"|"q6_k"|"q5_k_m"|"q4_k_m"` also a GGUF file and
+        an Ollama Modelfile (Llama, Mistral, Qwen2/3, Gemma 2/3, Phi-3; the k-quants need the
+        `gguf` extra). Returns the paths written. See `finetuning_suite.export`."""
         from .export import export_model
 
         return export_model(self, path, merged=merged, gguf=gguf, overwrite=overwrite)

@@ -442,7 +442,7 @@ def test_gguf_tensors_metadata_and_modelfile(small_llama, tmp_path):
 def test_query_key_permutation_is_what_transformers_undoes():
     from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
 
-    from finetuning_suite.export.gguf_file import permute_rotary
+    from finetuning_suite.export.gguf_arch import permute_rotary
 
     w = torch.randn(6 * 8, 16).numpy()  # 6 kv heads of size 8
     back = LlamaTensorProcessor(config={})._reverse_permute_weights(permute_rotary(w, 12, 6), 12, 6)
@@ -458,7 +458,8 @@ def test_bad_arguments_are_one_config_error_and_nothing_is_written(llama_ft, tmp
         export_model(ft, a_file, gguf="q4_k", merged="yes")
     message = str(info.value)
     assert "3 invalid arguments" in message and "is an existing file" in message
-    assert "gguf='q4_k': must be one of ['f16', 'q8_0']" in message and "merged='yes'" in message
+    assert ("gguf='q4_k': must be one of ['f16', 'bf16', 'q8_0', 'q4_k_m', 'q5_k_m', 'q6_k']"
+            in message and "merged='yes'" in message)
     with pytest.raises(ConfigError, match="a GGUF file holds merged weights"):
         export_model(ft, tmp_path / "x", merged=False, gguf="f16")
     with pytest.raises(ConfigError, match="must be the folder to write"):
@@ -472,8 +473,41 @@ def test_gguf_refuses_other_architectures_and_says_merged_works(tiny_gpt2, tmp_p
     ft = FineTuner(model_id=tiny_gpt2, device="cpu", max_length=MAX_NEW)
     with pytest.raises(ConfigError) as info:
         export_model(ft, tmp_path / "g", gguf="f16")
-    assert "gpt2 (GPT2LMHeadModel)" in str(info.value) and "merged export (gguf=None) works" in str(info.value)
+    message = str(info.value)
+    assert "gpt2 (GPT2LMHeadModel)" in message and "merged export (gguf=None) works" in message
+    for name in ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
+                 "Gemma2ForCausalLM", "Gemma3ForCausalLM", "Phi3ForCausalLM"):
+        assert name in message  # what does work
     assert not (tmp_path / "g").exists()
+
+
+def test_gguf_refuses_what_llama_cpp_computes_differently():
+    """A Gemma whose query scale is not the one llama.cpp derives from the model size, and
+    rope scalings the writer does not carry, are refused before anything is loaded or written."""
+    from transformers import Gemma2Config
+
+    from finetuning_suite.export.gguf_arch import problems
+
+    gemma = Gemma2Config(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, head_dim=16,
+                         query_pre_attn_scalar=256)
+    (found,) = problems(gemma)
+    assert found[1] == "query_pre_attn_scalar=256" and "0.25" in found[2] and "0.0625" in found[2]
+    gemma.query_pre_attn_scalar = 16  # 16 ** -0.5 = 1 / sqrt(head_dim): what llama.cpp uses
+    assert problems(gemma) == []
+    llama = LlamaConfig(rope_parameters={"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4})
+    assert "rope_type='yarn'" in [p[1] for p in problems(llama)]
+
+
+def test_k_quants_without_llama_cpp_are_refused_with_the_extra_to_install(monkeypatch, tmp_path):
+    import finetuning_suite.export.api as api
+    from finetuning_suite.export import check_export_arguments
+
+    monkeypatch.setattr(api, "llama_cpp_installed", lambda: False)
+    with pytest.raises(ConfigError) as info:
+        check_export_arguments(tmp_path / "out", gguf="q4_k_m")
+    assert "finetuning_suite[gguf]" in str(info.value) and "-DGGML_NATIVE=OFF" in str(info.value)
+    for qtype in ("f16", "bf16", "q8_0"):  # our own writer: nothing more needed
+        check_export_arguments(tmp_path / "out", gguf=qtype)
 
 
 def test_existing_folder_is_refused_then_replaced_entirely(llama_ft, tmp_path, monkeypatch):
@@ -519,10 +553,10 @@ def test_cli_export(tiny_llama, tmp_path, capsys):
 
 # -- the embedded model --------------------------------------------------------------------------
 @pytest.mark.slow
-def test_embedded_gguf_f16_equals_the_merged_model(tmp_path):
-    ft = FineTuner(device="cpu", max_length=16)
+def test_embedded_gguf_f16_equals_the_merged_model(embedded, tmp_path):
+    ft = embedded  # the session's one FineTuner on the embedded model (read only here)
     prompt = "What is the capital of France?"
-    expected = ft.generate(prompt)
+    expected = ft.generate(prompt, 16)
     written = export_model(ft, tmp_path / "smollm2", gguf="f16")
     (result,) = run_plain([{"kind": "gguf", "file": written["gguf"], "merged": written["folder"],
                             "prompts": [prompt], "max_new": 16, "round": "f16"}])

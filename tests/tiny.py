@@ -148,3 +148,50 @@ def reversal_task(n_train: int, n_test: int, seed: int = 0, lengths: tuple[int, 
             seen.add(digits)
             rows.append({"prompt": digits, "completion": digits[::-1]})
     return rows[:n_train], rows[n_train:]
+
+
+# -- one tiny model per architecture the GGUF export writes -------------------------------------
+# Hidden 64 (4 heads of 16, 2 KV heads), 2 layers, the embedded tokenizer's full vocabulary (real
+# merges, chat template), and the traps of each architecture switched on: Qwen2's q/k/v biases,
+# Qwen3's q/k norms, Gemma's sliding window over 8 tokens (shorter than every chat prompt, so the
+# window and the per-layer pattern matter) and final-logit softcapping, Mistral's window (shorter
+# than its context), untied output matrices for Mistral and Phi-3. Initialised at std 0.15 rather
+# than INIT: at 0.4 the activations of these random models grow so large that llama.cpp's 8-bit
+# quantization of activations (in its Q8_0 matrix products) alone moves logits by a quarter of
+# their range, which says nothing about the file. Wider models get std 0.15 * sqrt(64 / hidden),
+# which keeps the activations of the same size.
+GGUF_INIT = 0.15
+GGUF_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3")
+
+
+def build_for_gguf(kind: str, path: Path, hidden: int = 64) -> str:
+    import transformers as tf
+
+    tok = smol_tokenizer()
+    common = dict(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
+                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                  max_position_embeddings=512, bos_token_id=tok.bos_token_id,
+                  eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                  initializer_range=GGUF_INIT * (64 / hidden) ** 0.5)
+    head = hidden // 4
+    gemma = dict(head_dim=head, sliding_window=8, query_pre_attn_scalar=head)
+    configs = {
+        "llama": (tf.LlamaConfig, tf.LlamaForCausalLM, dict(tie_word_embeddings=True)),
+        "mistral": (tf.MistralConfig, tf.MistralForCausalLM,
+                    dict(tie_word_embeddings=False, sliding_window=64)),
+        "qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM, dict(tie_word_embeddings=True)),
+        "qwen3": (tf.Qwen3Config, tf.Qwen3ForCausalLM, dict(tie_word_embeddings=True, head_dim=head)),
+        "gemma2": (tf.Gemma2Config, tf.Gemma2ForCausalLM, gemma),
+        "gemma3": (tf.Gemma3TextConfig, tf.Gemma3ForCausalLM, dict(gemma, final_logit_softcapping=30.0)),
+        "phi3": (tf.Phi3Config, tf.Phi3ForCausalLM, dict(tie_word_embeddings=False)),
+    }
+    config_cls, model_cls, extra = configs[kind]
+    torch.manual_seed(0)
+    model = model_cls(config_cls(**{**common, **extra}))
+    with torch.no_grad():  # norms and biases away from their 1 / 0 init, so a lost one shows
+        for name, param in model.named_parameters():
+            if name.endswith("bias"):
+                param.normal_(0.0, 0.3)
+            elif "norm" in name:
+                param.add_(torch.randn_like(param) * 0.3)
+    return _save(model, tok, path)

@@ -1,7 +1,7 @@
 """`finetune export`: write a trained model out as files other tools load without this package.
 
     finetune export --model_id runs/x --export_dir out/merged              # transformers folder
-    finetune export --model_id runs/x --export_dir out/merged --gguf q8_0  # + gguf/*.gguf, Modelfile
+    finetune export --model_id runs/x --export_dir out/merged --gguf q4_k_m  # + gguf/*.gguf, Modelfile
     finetune export --model_id runs/x --export_dir out/adapter --merged false   # PEFT adapter
     finetune export --model_id runs/x --export_dir out/merged --overwrite   # replace the folder
 
@@ -24,9 +24,10 @@ class ExportCliArguments:
     merged: bool = field(default=True, metadata={"help": "true: a plain transformers model folder "
                          "with the adapter merged in (a 4-bit base is dequantized first); "
                          "false: the PEFT adapter folder alone."})
-    gguf: str | None = field(default=None, metadata={"help": "Also write a GGUF file (f16 or q8_0) "
-                             "and an Ollama Modelfile into <export_dir>/gguf/ (Llama-architecture "
-                             "models, e.g. the embedded SmolLM2; needs merged)."})
+    gguf: str | None = field(default=None, metadata={"help": "Also write a GGUF file (f16, bf16, "
+                             "q8_0; q6_k, q5_k_m, q4_k_m with the gguf extra) and an Ollama "
+                             "Modelfile into <export_dir>/gguf/ (Llama, Mistral, Qwen2/3, Gemma 2/3, "
+                             "Phi-3 models; needs merged)."})
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing non-empty "
                             "export_dir entirely."})
 

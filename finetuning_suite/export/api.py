@@ -18,12 +18,18 @@ from pathlib import Path
 
 from ..errors import ConfigError, Problems
 from .atomic import is_empty_dir, staged_folder
-from .gguf_file import GGUF_TYPES, support_problems, write_gguf
+from .gguf_file import support_problems, write_gguf
+from .gguf_quantize import INSTALL_HINT, LLAMA_CPP_TYPES, llama_cpp_installed, quantize
 from .merged import export_tokenizer, has_adapter, merged_model, save_merged
 
 logger = logging.getLogger(__name__)
 
 GGUF_SUBFOLDER = "gguf"  # the GGUF file and its Modelfile, inside the export folder
+# What `gguf=` accepts: written by our writer (f16, bf16, q8_0), or made by llama.cpp's quantizer
+# from our F16 file (the k-quants; needs the `gguf` extra).
+GGUF_TYPES = ("f16", "bf16", "q8_0", *LLAMA_CPP_TYPES)
+_GGUF_HELP = ("f16/bf16: 16-bit floats; q8_0: 8-bit blocks, about half the size; q6_k, q5_k_m, "
+              "q4_k_m: llama.cpp's k-quants, about 6.6, 5.7 and 4.9 bits per weight")
 
 
 def export_model(ft, path, *, merged: bool = True, gguf: str | None = None,
@@ -39,9 +45,11 @@ def export_model(ft, path, *, merged: bool = True, gguf: str | None = None,
     merged=False: the PEFT adapter folder with the tokenizer (`peft.PeftModel.from_pretrained(
         base, path)`; `FineTuner(model_id=path)` reloads it with its settings). Not for
         method='full', which has no adapter.
-    gguf="f16" or "q8_0" (with merged=True, Llama-architecture models): also
-        `gguf/<name>-<type>.gguf` (llama.cpp, Ollama, `from_pretrained(path + "/gguf",
-        gguf_file=...)`) with an Ollama `gguf/Modelfile` beside it.
+    gguf= one of GGUF_TYPES (with merged=True; Llama, Mistral, Qwen2/3, Gemma 2/3 and Phi-3
+        models, `gguf_arch`): also `gguf/<name>-<type>.gguf` (llama.cpp, Ollama, LM Studio) with
+        an Ollama `gguf/Modelfile` beside it. f16, bf16 and q8_0 are written by this package;
+        q4_k_m, q5_k_m and q6_k by llama.cpp's quantizer from a temporary F16 file (the `gguf`
+        extra: llama-cpp-python).
     overwrite: replace an existing non-empty `path` entirely (never mixed with the old files).
 
     Returns {"folder": ..., and per kind "model", "config", "tokenizer" | "adapter",
@@ -77,7 +85,15 @@ def _write_gguf_and_modelfile(ft, model, tmp: Path, name: str, qtype: str) -> di
     gguf_dir.mkdir()
     file = gguf_dir / f"{stem}-{qtype}.gguf"
     tokenizer = export_tokenizer(ft)
-    write_gguf(model, tokenizer, tmp, file, qtype, name=stem)
+    if qtype in LLAMA_CPP_TYPES:
+        f16 = gguf_dir / f".{stem}-f16.tmp.gguf"
+        try:
+            write_gguf(model, tokenizer, tmp, f16, "f16", name=stem)
+            quantize(f16, file, qtype)
+        finally:
+            f16.unlink(missing_ok=True)
+    else:
+        write_gguf(model, tokenizer, tmp, file, qtype, name=stem)
     stops = [tokenizer.eos_token] if tokenizer.eos_token else []
     greedy = not getattr(ft.inference_handler, "do_sample", False)
     modelfile = gguf_dir / "Modelfile"
@@ -111,9 +127,12 @@ def _check_arguments(problems: Problems, path, merged, gguf, overwrite) -> tuple
     if gguf is not None:
         if isinstance(gguf, str) and gguf.strip().lower() in GGUF_TYPES:
             qtype = gguf.strip().lower()
+            if qtype in LLAMA_CPP_TYPES and not llama_cpp_installed():
+                problems.add("gguf", gguf, "is made by llama.cpp's quantizer, which is not "
+                             f"installed: {INSTALL_HINT}; f16, bf16 and q8_0 need nothing more.")
         else:
-            problems.add("gguf", gguf, f"must be one of {list(GGUF_TYPES)} (f16: 16-bit floats, "
-                         "q8_0: 8-bit blocks, about half the size) or None for no GGUF file.")
+            problems.add("gguf", gguf, f"must be one of {list(GGUF_TYPES)} ({_GGUF_HELP}) or "
+                         "None for no GGUF file.")
         if merged is False:
             problems.add("gguf", gguf, "a GGUF file holds merged weights; pass merged=True "
                          "with gguf, or gguf=None to export the adapter alone.")
