@@ -104,6 +104,11 @@ def _extra(command: str):
             "generate": GenerateCliArguments}.get(command)
 
 
+# Options a command takes more than once: every value, in order, is in the command's options
+# under the plural name (the configuration keeps the last, as for any repeated flag).
+REPEATABLE = {"serve": "model_id"}
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with errors raised (one line, exit 2) instead of a usage dump."""
 
@@ -195,8 +200,12 @@ def parse_command_line(command: str, argv: list[str]) -> tuple[FinetuneConfig, d
     parser, types = build_parser(command)
     if "-h" in argv or "--help" in argv:
         parser.parse_args(["--help"])  # prints the help (with the defaults) and exits 0
-    pre = _Parser(add_help=False, prog=f"finetune {command}")
+    pre = _Parser(add_help=False, prog=f"finetune {command}", allow_abbrev=False)
     pre.add_argument("--config")
+    repeated = REPEATABLE.get(command)
+    if repeated:
+        pre.add_argument(f"--{repeated}", f"--{repeated.replace('_', '-')}", action="append",
+                         dest="repeated", default=[])
     known, _ = pre.parse_known_args(argv)
     from_file = read_yaml(known.config) if known.config else {}
     flags, remaining = _given_flags(parser, argv)
@@ -207,8 +216,10 @@ def parse_command_line(command: str, argv: list[str]) -> tuple[FinetuneConfig, d
     flat.update(extras)
     where = f"--config {known.config}" if known.config else f"finetune {command}"
     config = FinetuneConfig.from_flat(coerce_all(flat), where=where)
-    return config, _command_options(types, {k: v for k, v in given.items() if k in command_names},
-                                    command)
+    options = _command_options(types, {k: v for k, v in given.items() if k in command_names}, command)
+    if repeated:
+        options[f"{repeated}s"] = known.repeated or ([from_file[repeated]] if repeated in from_file else [])
+    return config, options
 
 
 def _training_flags(command: str, remaining: list[str], ours: set[str]) -> dict:
