@@ -119,13 +119,19 @@ class AdapterSet:
 
     def __init__(self, models: Mapping[str, Any] | Sequence[tuple[str, Any]], *,
                  base_name: str | None = None, **options):
-        pairs = list(models.items()) if isinstance(models, Mapping) else [tuple(p) for p in models]
-        planned, base_name = _plan(pairs, base_name, options)
+        planned, base_name = _plan(_pairs(models), base_name, options)
         adapters = [p for p in planned if p.is_adapter]
         given_base = next((p for p in planned if not p.is_adapter), None)
         self.lock = threading.Lock()
         self.views: dict[str, ModelView] = {}
         self._load(planned, adapters, given_base, base_name, options)
+
+    @staticmethod
+    def check(models: Mapping[str, Any] | Sequence[tuple[str, Any]], *,
+              base_name: str | None = None, **options) -> None:
+        """Raise ConfigError (or ModelLoadError for a path that is not a model) when `models`
+        cannot share one base; nothing is loaded."""
+        _plan(_pairs(models), base_name, options)
 
     def _load(self, planned, adapters, given_base, base_name, options) -> None:
         from .finetuner import FineTuner
@@ -180,6 +186,12 @@ class AdapterSet:
 
 
 # -- the checks, before anything is loaded ---------------------------------------------------------
+def _pairs(models) -> list:
+    if isinstance(models, Mapping):
+        return list(models.items())
+    return [tuple(p) if isinstance(p, (tuple, list)) else p for p in models]
+
+
 def _plan(pairs: list, base_name: str | None, options: dict) -> tuple[list[_Planned], str | None]:
     from .model.run_folder import RUN_CONFIG_FILE
     from .run_settings import RunSettings
@@ -194,7 +206,7 @@ def _plan(pairs: list, base_name: str | None, options: dict) -> tuple[list[_Plan
                           "'runs/style'}.")
     names: dict[str, Any] = {}
     for pair in pairs:
-        if len(pair) != 2:
+        if not isinstance(pair, tuple) or len(pair) != 2:
             raise ConfigError(f"{where}: {pair!r} must be a (name, model_id) pair.")
         name, model_id = pair
         if not isinstance(name, str) or not name.strip() or name != name.strip():
