@@ -16,7 +16,7 @@ system prompt and max_length), computed by `RunSettings`, as `FineTuner` compute
 `active()`, the context in which the shared model *is* that model (`set_adapter`, or
 `disable_adapter()` for the base). The model has one active adapter at a time, so whoever
 generates runs one view's generation at a time: the server has one engine worker, the web
-page's chat answers one side after the other (`lock` is there for callers without a worker).
+page's chat holds a lock and answers one side after the other.
 
 Refused before any model is loaded, each with the run and the fix: adapters trained on
 different bases; a fully fine-tuned run (a whole model, not an adapter); a model that is not the
@@ -28,7 +28,6 @@ Light at import (no torch): `finetune serve --help` reads `default_name` and `EM
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -70,7 +69,7 @@ class ModelView:
     inference_handler: Any  # infer.generation.DefaultInferenceHandler
     max_length: int
     adapter: str | None  # its PEFT adapter name; None: the base, with every adapter disabled
-    model_id: str  # what was given (the run folder), or the base's source
+    model_id: Any  # what was given (the run folder), or the base's source
 
     @contextmanager
     def active(self) -> Iterator[None]:
@@ -122,7 +121,6 @@ class AdapterSet:
         planned, base_name = _plan(_pairs(models), base_name, options)
         adapters = [p for p in planned if p.is_adapter]
         given_base = next((p for p in planned if not p.is_adapter), None)
-        self.lock = threading.Lock()
         self.views: dict[str, ModelView] = {}
         self._load(planned, adapters, given_base, base_name, options)
 
@@ -165,7 +163,7 @@ class AdapterSet:
     def _view(self, name, model_id, settings, adapter, tokenizer) -> ModelView:
         fmt = settings.chat_format(tokenizer, self.model.config)
         return ModelView(name, self.model, tokenizer, self.device, fmt, settings.inference_handler(fmt),
-                         settings.max_length, adapter, str(model_id))
+                         settings.max_length, adapter, model_id)
 
     def __getitem__(self, name: str) -> ModelView:
         return self.views[name]

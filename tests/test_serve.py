@@ -658,6 +658,9 @@ def test_finetune_serve_with_several_model_ids(runs, tiny_llama, monkeypatch, ca
     assert "name each as name=path" in capsys.readouterr().err
     assert main(["serve", "--model_id", f"a={runs['facts']}", "--model_id", f"a={runs['style']}"]) == 2
     assert "'a' is given twice" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    assert "Give it more than once to serve several runs' LoRA adapters" in " ".join(capsys.readouterr().out.split())
 
 
 # -- the embedded model ----------------------------------------------------------------------------

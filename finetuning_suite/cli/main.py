@@ -104,11 +104,6 @@ def _extra(command: str):
             "generate": GenerateCliArguments}.get(command)
 
 
-# Options a command takes more than once: every value, in order, is in the command's options
-# under the plural name (the configuration keeps the last, as for any repeated flag).
-REPEATABLE = {"serve": "model_id"}
-
-
 class _Parser(argparse.ArgumentParser):
     """argparse, with errors raised (one line, exit 2) instead of a usage dump."""
 
@@ -137,7 +132,10 @@ def build_parser(command: str):
     # argparse reads "-2e-5" as an option (its negative-number pattern has no exponent); a value
     # like that must reach the option before it, as "-2" and "-.5" do
     parser._negative_number_matcher = re.compile(r"^-(\d+|\d*\.\d+|\d*\.?\d+[eE][-+]?\d+)$")
+    repeatable = getattr(extra, "repeatable", {})
     for action in parser._actions:
+        if action.dest in repeatable:
+            action.help = f"{action.help} {repeatable[action.dest]}"
         if action.help:  # argparse formats help with %: a literal one must be doubled
             action.help = action.help.replace("%", "%%")
         if action.choices is not None and action.option_strings:
@@ -202,7 +200,10 @@ def parse_command_line(command: str, argv: list[str]) -> tuple[FinetuneConfig, d
         parser.parse_args(["--help"])  # prints the help (with the defaults) and exits 0
     pre = _Parser(add_help=False, prog=f"finetune {command}", allow_abbrev=False)
     pre.add_argument("--config")
-    repeated = REPEATABLE.get(command)
+    # a configuration flag the command takes more than once (its options' `repeatable`): every
+    # value, in order, goes to the command's options under the plural name; the configuration
+    # keeps the last, as for any flag given twice
+    repeated = next(iter(getattr(_extra(command), "repeatable", {})), None)
     if repeated:
         pre.add_argument(f"--{repeated}", f"--{repeated.replace('_', '-')}", action="append",
                          dest="repeated", default=[])

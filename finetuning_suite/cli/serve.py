@@ -18,6 +18,7 @@ import os
 import re
 import sys
 from dataclasses import dataclass, field
+from typing import ClassVar
 from pathlib import Path
 
 from ..adapter_set import EMBEDDED_NAME, default_name
@@ -31,6 +32,13 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")  # a name=path prefix (a pat
 @dataclass
 class ServeCliArguments:
     """Options of `finetune serve`."""
+
+    # configuration flags given more than once, with what --help adds to their help
+    repeatable: ClassVar[dict[str, str]] = {"model_id": (
+        "Give it more than once to serve several runs' LoRA adapters on one base, loaded once "
+        "(e.g. --model_id facts=runs/facts --model_id style=runs/style): requests pick a run by "
+        "name (name=path, or the run folder's name), and the base answers too (under its folder's "
+        "name, or give the base itself as --model_id NAME=path).")}
 
     host: str = field(default="127.0.0.1", metadata={"help": "Address to listen on. The default "
                       "answers this machine only; 0.0.0.0 opens the server to the network (set "

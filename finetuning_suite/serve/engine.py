@@ -14,6 +14,18 @@ waiting jobs). The worker takes the oldest job:
 - a streaming job runs alone, through `DefaultInferenceHandler.stream`, its pieces delivered as
   they come; the next job waits until it ends (or its client goes away).
 
+With an `AdapterSet` (several runs' adapters on one base), a job carries the set's member it is
+for (`view`); jobs of different members are never batched together, and each batch or stream
+runs inside its member's `active()` (`set_adapter`, or the base with adapters disabled). Why not
+one batch across adapters (peft's per-row `adapter_names=`): each run renders prompts with its
+own chat format and system prompt and generates with its own settings, which one
+`generate_batch` call cannot mix, while a batch of one run is exactly what that run's own
+`FineTuner` computes. Measured (`bench/multi_adapter.py`, embedded model, 8 requests, 4 per
+adapter, interleaved): per-adapter batches gave the same tokens/s as one mixed batch (1.01x, the
+same text 8/8; a loaded 2-core CPU), one adapter's batch of 8 was 1.21x; a switch is 19 ms.
+Under load each run's batch fills on its own; mixing would gain only while few requests of
+several runs wait at once.
+
 Results go back through each job's `deliver(kind, value)` callback, called on the worker thread
 (the app turns it into an asyncio hand-over): "result" (a `Generation`), "started", "piece"
 (text), "done" (a `Generation`) or "error" (an exception).
