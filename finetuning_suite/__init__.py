@@ -5,7 +5,9 @@
     ft.train("./trained_model", num_train_epochs=1)
     print(ft("What is the capital of France?"))
 
-Layout: `config` (the one configuration), `finetuner` (the facade), and the sub-packages
+Layout: `config` (the one configuration), `finetuner` (the facade), `run_settings` (what a
+FineTuner's arguments load and generate with), `adapter_set` (several runs' adapters on one
+loaded base), and the sub-packages
 `model/`, `data/`, `train/`, `infer/` and `cli/`; each says in its docstring what lives there.
 The public names below are imported on first use, so `finetune --help` or reading a config
 does not pay for importing torch and transformers.

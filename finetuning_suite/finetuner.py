@@ -16,23 +16,22 @@ import logging
 import os
 import time
 
-from .arguments import build_config, generation_settings, records_given
+from .arguments import build_config, records_given
 from .config import FinetuneConfig, MethodArguments, check_number
-from .data.chat_template import ChatFormat, decide_chat_format, tokenizer_with_template
+from .data.chat_template import ChatFormat, tokenizer_with_template
 from .data.prepare import PreparedData, prepare_data, prepare_stage_data, tokenize
 from .data.preprocessing import DefaultPreprocessor
 from .data.replay import REPLAY_MAX_NEW_TOKENS, replay_dataset
 from .data.sources import load_source, split_dataset
 from .errors import ConfigError, DatasetError, Problems
-from .infer.generation import DefaultInferenceHandler, finished_answers
+from .infer.generation import finished_answers
 from .infer.retention import answer, probe_items, retention
 from .infer.stage_eval import evaluate_stage
-from .model.device import default_dtype, parse_dtype, resolve_device
 from .model.facts import is_encoder_decoder
-from .model.loading import load_pretrained, resolve_model_source
+from .model.loading import load_pretrained
 from .model.lora import SPEC_TARGET_MODULES, SPEC_TASK_TYPE
 from .model.methods import prepare_model, trainable_summary
-from .model.quantization import get_quantization_config
+from .run_settings import RunSettings
 from .train import defaults as auto_defaults
 from .train.distill import add_teacher_targets, without_targets
 from .train.rewards import reward_functions
@@ -65,9 +64,7 @@ class FineTuner:
                  max_length=1000, quantize: bool = False, quantization_config: dict | None = None,
                  trainer_config=None, inference_handler=None, **options):
         self.config = cfg = build_config(self._given)
-        self.device = resolve_device(cfg.model.device)
         self.dataset_name = cfg.data.dataset_name
-        self.max_length = cfg.generation.max_length
         self.eval_fraction = cfg.data.eval_fraction
         self.preprocessor = preprocessor if preprocessor is not None else DefaultPreprocessor(
             format=cfg.data.format, column_map=cfg.data.column_map,
@@ -76,11 +73,10 @@ class FineTuner:
         self.trainer_config = trainer_config if trainer_config is not None else DefaultTrainerConfig(
             stage=cfg.training.stage, reward_funcs=cfg.training.reward_funcs, **cfg.training_kwargs(),
             **stage_settings(cfg))
-        self.quantization_config = get_quantization_config(cfg.quantized, cfg.method.quantization_config)
-        self.dtype = (parse_dtype(cfg.model.dtype, "dtype") if cfg.model.dtype is not None
-                      else default_dtype(self.device))
-
-        self.source = resolve_model_source(cfg.model.model_id, cfg.model.adapter_path)
+        self.settings = settings = RunSettings.of_config(cfg)
+        self.max_length = settings.max_length
+        self.device, self.dtype = settings.device, settings.dtype
+        self.quantization_config, self.source = settings.quantization_config, settings.source
         base, self.tokenizer = load_pretrained(self.source, self.device, self.dtype,
                                                self.quantization_config, cfg.model.trust_remote_code)
         from transformers import set_seed
@@ -98,11 +94,9 @@ class FineTuner:
                                target_modules=targets, task_type=m.lora_task_type,
                                use_rslora=m.use_rslora))
         self._own_handler = inference_handler is None
-        self.chat_format = decide_chat_format(self.tokenizer, self.model.config,
-                                              use_chat_template=cfg.data.use_chat_template,
-                                              system_prompt=cfg.generation.system_prompt)
+        self.chat_format = settings.chat_format(self.tokenizer, self.model.config)
         self.inference_handler = inference_handler if inference_handler is not None else \
-            DefaultInferenceHandler(**generation_settings(cfg), chat_format=self.chat_format)
+            settings.inference_handler(self.chat_format)
         trainable, total = trainable_summary(self.model)
         logger.info("Model %s on %s, method %s%s: %s trainable parameters of %s (%.2f%%).",
                     self.source.source, self.device, m.method, self._bits_note(), f"{trainable:,}",
@@ -136,8 +130,7 @@ class FineTuner:
 
     # -- small helpers --------------------------------------------------------------------
     def _bits(self) -> int:
-        q = self.quantization_config
-        return 0 if q is None else (4 if q.load_in_4bit else 8)
+        return self.settings.bits
 
     def _bits_note(self) -> str:
         return f", {self._bits()}-bit" if self._bits() else ""

@@ -457,6 +457,212 @@ def test_bad_serve_options_are_one_line_errors(capsys):
     assert "--port 70000" in capsys.readouterr().err
 
 
+# -- several adapters, one base, one server --------------------------------------------------------
+FACTS = [{"prompt": f"What is the capital of land {i}?", "completion": f"City {i}"} for i in range(8)]
+STYLE = [{"prompt": f"Say hello {i}", "completion": "Ahoy " * (i % 3 + 1)} for i in range(8)]
+PIRATE = "Talk like a pirate."
+ASKED = ["What is the capital of land 3?", "Say hello 5", "Tell me a story.", "2+2?"]
+
+
+def _trained_run(tiny_llama, root, name, rows, seed, **settings) -> str:
+    """A run trained for two steps on `rows`, its LoRA B matrices then given random values (a few
+    steps barely move a tiny model: this makes each run's greedy answers visibly its own), saved."""
+    import torch
+
+    data = root / f"{name}.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = FineTuner(tiny_llama, device="cpu", dataset_name=str(data), self_replay=False, max_steps=2,
+                    save_strategy="no", report_to=["none"], **settings)
+    run.train(root / name)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for weight, param in run.model.named_parameters():
+            if "lora_B" in weight:
+                param.normal_(0.0, 0.5)
+    run.save(root / name)
+    return str(root / name)
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_llama, tmp_path_factory):
+    """Two runs on the tiny Llama, different data and settings: 'facts' (max_length 12) and
+    'style' (max_length 10, a system prompt)."""
+    root = tmp_path_factory.mktemp("runs")
+    return {"facts": _trained_run(tiny_llama, root, "facts", FACTS, 1, max_length=12),
+            "style": _trained_run(tiny_llama, root, "style", STYLE, 2, max_length=10, system_prompt=PIRATE)}
+
+
+@pytest.fixture(scope="module")
+def own(runs, tiny_llama):
+    """Each model as it answers on its own: FineTuner(run) and FineTuner(base)."""
+    return {"facts": FineTuner(runs["facts"], device="cpu"), "style": FineTuner(runs["style"], device="cpu"),
+            "llama": FineTuner(tiny_llama, device="cpu", max_length=8)}
+
+
+@pytest.fixture(scope="module")
+def shared(runs):
+    from finetuning_suite.adapter_set import AdapterSet
+
+    return AdapterSet({"facts": runs["facts"], "style": runs["style"]}, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def multi(shared):
+    app = create_app(shared, api_key=KEY)
+    with serving(app) as port:
+        yield {"app": app, "port": port,
+               "client": openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY,
+                                       max_retries=0, timeout=120)}
+
+
+def test_models_lists_every_adapter_and_the_base(multi):
+    client = multi["client"]
+    assert [m.id for m in client.models.list().data] == ["facts", "style", "llama"]  # base: its folder's name
+    assert [client.models.retrieve(n).id for n in ("facts", "style", "llama")] == ["facts", "style", "llama"]
+    with pytest.raises(openai.NotFoundError) as info:
+        client.chat.completions.create(model="other", messages=chat("hi"))
+    assert info.value.code == "model_not_found"
+    assert "'facts', 'style', 'llama'" in info.value.message
+
+
+def test_each_model_answers_as_its_own_finetuner(multi, own):
+    client = multi["client"]
+    for name in ("facts", "style"):
+        assert own[name].model.peft_config  # a run folder's adapter, not the base alone
+    answers = {}
+    for name, ft in own.items():
+        for prompt in ASKED:
+            reply = client.chat.completions.create(model=name, messages=chat(prompt),
+                                                   **({"max_tokens": 8} if name == "llama" else {}))
+            assert reply.model == name
+            assert reply.choices[0].message.content == ft.generate(prompt), (name, prompt)
+            answers[name, prompt] = reply
+    # the runs' own settings: max_length (the default max_tokens) and the style run's system prompt
+    assert max(answers["facts", p].usage.completion_tokens for p in ASKED) == 12
+    assert max(answers["style", p].usage.completion_tokens for p in ASKED) <= 10
+    tok = own["style"].tokenizer
+    with_system = tok.apply_chat_template([{"role": "system", "content": PIRATE}, *chat(ASKED[0])],
+                                          tokenize=False, add_generation_prompt=True)
+    assert answers["style", ASKED[0]].usage.prompt_tokens == len(tok(with_system, add_special_tokens=False)["input_ids"])
+    for prompt in ASKED:  # the three models differ, so a mixed-up answer would show
+        assert len({answers[n, prompt].choices[0].message.content for n in own}) == 3, prompt
+    # a raw completion and a stream go to the adapter asked for too
+    reply = client.completions.create(model="style", prompt="Once upon a time", max_tokens=6)
+    assert reply.choices[0].text == direct(own["style"], "Once upon a time", 6, chat_template=False).text
+    chunks = client.chat.completions.create(model="facts", messages=chat(ASKED[0]), stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == own["facts"].generate(ASKED[0])
+
+
+def test_interleaved_concurrent_requests_for_every_model_come_back_right(multi, own):
+    engine = multi["app"].state.engine
+    expected = {(n, p): ft.generate(p, 6) for n, ft in own.items() for p in ASKED}
+    before = engine.stats.batches, engine.stats.jobs
+
+    def ask(i: int):
+        name, prompt = list(own)[i % 3], ASKED[(i // 3) % len(ASKED)]
+        own_client = openai.OpenAI(base_url=f"http://127.0.0.1:{multi['port']}/v1", api_key=KEY,
+                                   max_retries=0, timeout=120)
+        if i % 7 == 0:
+            chunks = own_client.chat.completions.create(model=name, messages=chat(prompt), max_tokens=6,
+                                                        stream=True)
+            return name, prompt, "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        reply = own_client.chat.completions.create(model=name, messages=chat(prompt), max_tokens=6)
+        return name, prompt, reply.choices[0].message.content
+
+    with ThreadPoolExecutor(24) as pool:
+        results = list(pool.map(ask, range(36)))
+    assert [text for *_, text in results] == [expected[n, p] for n, p, _ in results]
+    assert engine.stats.jobs - before[1] == 36
+    assert engine.stats.largest_batch > 1 and engine.stats.batches - before[0] < 36  # still batched
+
+
+def _parameter_bytes(model) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def _file_tensor_bytes(path) -> int:
+    """The bytes of the tensors stored in a safetensors file (read with safetensors itself)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return sum(f.get_tensor(k).numel() * f.get_tensor(k).element_size() for k in f.keys())
+
+
+def test_a_second_adapter_adds_its_own_size_not_another_base(shared, own, runs, tiny_llama):
+    one = _parameter_bytes(own["facts"].model)  # base + the facts adapter
+    two = _parameter_bytes(shared.model)        # base + both adapters
+    style = _file_tensor_bytes(f"{runs['style']}/adapter_model.safetensors")
+    base = _file_tensor_bytes(f"{tiny_llama}/model.safetensors")
+    assert two - one == style  # exactly the style adapter's weights
+    assert style < base / 10 and two < 2 * base
+    assert all(v.model is shared.model for v in shared)
+
+
+def test_refusals_name_the_run_and_the_fix(runs, shared, tiny_llama, tiny_gpt2, tmp_path):
+    import shutil
+
+    import yaml
+
+    from finetuning_suite import ConfigError
+    from finetuning_suite.adapter_set import AdapterSet
+
+    def refused(models, *needles, **options):
+        with pytest.raises(ConfigError) as info:
+            AdapterSet(models, device="cpu", **options)
+        message = str(info.value)
+        for needle in needles:
+            assert needle in message, message
+        return message
+
+    other = tmp_path / "other-base"  # an adapter run whose base is another model
+    shutil.copytree(runs["style"], other)
+    record = json.loads((other / "finetuner_config.json").read_text())
+    record["model"]["source"] = tiny_gpt2
+    (other / "finetuner_config.json").write_text(json.dumps(record))
+    refused({"facts": runs["facts"], "other": str(other)}, str(other), tiny_gpt2, tiny_llama,
+            "every adapter must be trained on it", "separately")
+    full = tmp_path / "full"  # a fully fine-tuned run
+    FineTuner(tiny_llama, device="cpu", method="full").save(full)
+    refused({"facts": runs["facts"], "whole": str(full)}, str(full), "fully fine-tuned", "on its own")
+    refused([("a", runs["facts"]), ("a", runs["style"])], "'a' is given twice", "its own name")
+    refused({"facts": runs["facts"], "gpt2": tiny_gpt2}, tiny_gpt2, "not the base")
+    refused({"facts": runs["facts"], "style": runs["style"]}, "base_name='facts'", base_name="facts")
+    refused({"base": tiny_llama}, "no adapter run")
+    refused({"facts": runs["facts"]}, "per model", adapter_path=runs["style"])
+    with pytest.raises(ConfigError, match="model_name"):
+        create_app(shared, model_name="x")  # a set's models are named by the set
+    pytest.importorskip("bitsandbytes")
+    quantized = tmp_path / "qlora"  # the same run, but its base loads in 4-bit
+    shutil.copytree(runs["style"], quantized)
+    saved = yaml.safe_load((quantized / "config.yaml").read_text())
+    (quantized / "config.yaml").write_text(yaml.safe_dump({**saved, "quantize": True, "method": "qlora"}))
+    refused({"facts": runs["facts"], "q": str(quantized)}, str(quantized), "4-bit", "unquantized",
+            "same quantize")
+
+
+def test_finetune_serve_with_several_model_ids(runs, tiny_llama, monkeypatch, capsys):
+    from finetuning_suite.cli.main import main
+
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
+    assert main(["serve", "--model_id", runs["facts"], "--model-id", f"pirate={runs['style']}",
+                 "--device", "cpu"]) == 0
+    assert seen["app"].state.model_names == ["facts", "pirate", "llama"]  # folder's name, given, base's
+    assert "Serving 'facts', 'pirate', 'llama' at http://127.0.0.1:8000/v1" in capsys.readouterr().out
+    assert main(["serve", "--model_id", f"base={tiny_llama}", "--model_id", f"facts={runs['facts']}",
+                 "--device", "cpu"]) == 0
+    assert seen["app"].state.model_names == ["base", "facts"]  # the base named by giving it
+    assert main(["serve", "--model_id", f"facts={runs['facts']}", "--device", "cpu"]) == 0
+    assert seen["app"].state.model_names == ["facts"]  # one model: served alone, under its name
+    assert main(["serve", "--model_id", runs["facts"], "--model_id", runs["style"], "--model_name", "x"]) == 2
+    assert "name each as name=path" in capsys.readouterr().err
+    assert main(["serve", "--model_id", f"a={runs['facts']}", "--model_id", f"a={runs['style']}"]) == 2
+    assert "'a' is given twice" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    assert "Give it more than once to serve several runs' LoRA adapters" in " ".join(capsys.readouterr().out.split())
+
+
 # -- the embedded model ----------------------------------------------------------------------------
 @pytest.mark.slow
 def test_embedded_model_answers_through_the_server(embedded):

@@ -272,8 +272,39 @@ def test_chat_streams_both_models_with_the_training_template(web, page):
     expected = FineTuner(model_id=str(web["workspace"] / "first"), device="cpu").generate(question)
     alnum = lambda s: re.sub(r"\W+", "", s)  # noqa: E731 - the chatbot renders markdown
     assert alnum(shown) == alnum(expected) and expected.strip()
+    left = page.locator("#chat-a .bot, #chat-a [data-testid='bot']").last.inner_text()
+    assert alnum(left) == alnum(FineTuner(model_id=web["tiny"], device="cpu").generate(question, 12))
+    # the base and a run on it: one loaded base serves both sides
+    assert ("pair", web["tiny"], str(web["workspace"] / "first")) in web["app"].page.models.loaded()
     no_traceback(page)
     shot(web, page, "chat")
+
+
+def test_chat_compares_two_runs_on_one_loaded_base(web, page):
+    from finetuning_suite import FineTuner
+
+    choose(page, "chat-model-a", "run: first")
+    choose(page, "chat-model-b", "run: second")
+    question = "What is 5 plus 5?"
+    fill(page, "chat-input", question)
+    page.click("#send")
+    page.wait_for_function("""() => {
+        const input = document.querySelector('#chat-input textarea, #chat-input input');
+        const done = side => {
+            const bots = document.querySelectorAll(`#chat-${side} .bot, #chat-${side} [data-testid="bot"]`);
+            return bots.length > 0 && !bots[bots.length - 1].innerText.includes('…');
+        };
+        return input && input.value === '' && done('a') && done('b');
+    }""", timeout=60_000)
+    time.sleep(1.0)  # the last pieces
+    alnum = lambda s: re.sub(r"\W+", "", s)  # noqa: E731 - the chatbot renders markdown
+    for side, run in (("a", "first"), ("b", "second")):
+        shown = page.locator(f"#chat-{side} .bot, #chat-{side} [data-testid='bot']").last.inner_text()
+        expected = FineTuner(model_id=str(web["workspace"] / run), device="cpu").generate(question, 12)
+        assert alnum(shown) == alnum(expected), (side, shown, expected)
+    pair = ("pair", str(web["workspace"] / "first"), str(web["workspace"] / "second"))
+    assert pair in web["app"].page.models.loaded()
+    no_traceback(page)
 
 
 def test_export_adapter_shows_the_paths(web, page):

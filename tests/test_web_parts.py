@@ -197,3 +197,54 @@ def test_finetune_web_without_gradio_says_how_to_install_it(capsys, monkeypatch)
     assert main(["web"]) == 2
     assert capsys.readouterr().err.strip() == \
         "error: finetune web needs gradio: pip install 'finetuning_suite[web]'"
+
+
+# -- the chat's models ----------------------------------------------------------------------------
+def _saved_run(tiny_llama, path, seed: int, **settings) -> str:
+    """A run folder holding a fresh adapter with random LoRA B weights (answers of its own)."""
+    import torch
+
+    from finetuning_suite import FineTuner
+
+    ft = FineTuner(tiny_llama, device="cpu", **settings)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, param in ft.model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.5)
+    ft.save(path)
+    return str(path)
+
+
+def test_chat_sides_on_one_base_share_one_loaded_base(tiny_llama, tiny_gpt2, tmp_path):
+    """Two runs on one base (or the base and a run) are one AdapterSet in the cache: one base,
+    both adapters, one lock; each side answers as its own FineTuner. Models of different bases
+    stay two FineTuners."""
+    from finetuning_suite import FineTuner
+    from finetuning_suite.web.app import _side_stream
+    from finetuning_suite.web.models import ModelCache
+
+    a = _saved_run(tiny_llama, tmp_path / "a", 1, max_length=9)
+    b = _saved_run(tiny_llama, tmp_path / "b", 2, max_length=7, system_prompt="Be brief.")
+    history = [{"role": "user", "content": "What is the capital of France?"}]
+    limits = {a: 9, b: 7, tiny_llama: 8}
+    expected = {m: FineTuner(m, device="cpu").generate(history[0]["content"], limits[m]) for m in limits}
+    assert len(set(expected.values())) == 3
+    cache = ModelCache(capacity=2, device="cpu")
+
+    def answers(left, right):
+        sides = cache.chat_pair(left, right)
+        return sides, ["".join(_side_stream(side, history, limits[m])) for side, m in zip(sides, (left, right))]
+
+    sides, texts = answers(a, b)
+    assert sides[0].lock is sides[1].lock and sides[0].model.model is sides[1].model.model
+    assert texts == [expected[a], expected[b]]
+    assert [side.model.max_length for side in sides] == [9, 7]  # each run's own settings
+    assert cache.loaded() == [("pair", a, b)]  # no FineTuner of its own for either run
+    sides, texts = answers(tiny_llama, a)  # the base and a run on it
+    assert sides[0].lock is sides[1].lock and texts == [expected[tiny_llama], expected[a]]
+    limits[tiny_gpt2] = 8
+    sides, _ = answers(tiny_gpt2, a)  # another base: two models, two locks
+    assert sides[0].lock is not sides[1].lock and sides[0].model.model is not sides[1].model.model
+    cache.forget(a)
+    assert cache.loaded() == [tiny_gpt2]

@@ -133,7 +133,10 @@ def build_parser(command: str):
     # argparse reads "-2e-5" as an option (its negative-number pattern has no exponent); a value
     # like that must reach the option before it, as "-2" and "-.5" do
     parser._negative_number_matcher = re.compile(r"^-(\d+|\d*\.\d+|\d*\.?\d+[eE][-+]?\d+)$")
+    repeatable = getattr(extra, "repeatable", {})
     for action in parser._actions:
+        if action.dest in repeatable:
+            action.help = f"{action.help} {repeatable[action.dest]}"
         if action.help:  # argparse formats help with %: a literal one must be doubled
             action.help = action.help.replace("%", "%%")
         if action.choices is not None and action.option_strings:
@@ -196,8 +199,15 @@ def parse_command_line(command: str, argv: list[str]) -> tuple[FinetuneConfig, d
     parser, types = build_parser(command)
     if "-h" in argv or "--help" in argv:
         parser.parse_args(["--help"])  # prints the help (with the defaults) and exits 0
-    pre = _Parser(add_help=False, prog=f"finetune {command}")
+    pre = _Parser(add_help=False, prog=f"finetune {command}", allow_abbrev=False)
     pre.add_argument("--config")
+    # a configuration flag the command takes more than once (its options' `repeatable`): every
+    # value, in order, goes to the command's options under the plural name; the configuration
+    # keeps the last, as for any flag given twice
+    repeated = next(iter(getattr(_extra(command), "repeatable", {})), None)
+    if repeated:
+        pre.add_argument(f"--{repeated}", f"--{repeated.replace('_', '-')}", action="append",
+                         dest="repeated", default=[])
     known, _ = pre.parse_known_args(argv)
     from_file = read_yaml(known.config) if known.config else {}
     flags, remaining = _given_flags(parser, argv)
@@ -208,8 +218,10 @@ def parse_command_line(command: str, argv: list[str]) -> tuple[FinetuneConfig, d
     flat.update(extras)
     where = f"--config {known.config}" if known.config else f"finetune {command}"
     config = FinetuneConfig.from_flat(coerce_all(flat), where=where)
-    return config, _command_options(types, {k: v for k, v in given.items() if k in command_names},
-                                    command)
+    options = _command_options(types, {k: v for k, v in given.items() if k in command_names}, command)
+    if repeated:
+        options[f"{repeated}s"] = known.repeated or ([from_file[repeated]] if repeated in from_file else [])
+    return config, options
 
 
 def _training_flags(command: str, remaining: list[str], ours: set[str]) -> dict:

@@ -288,6 +288,15 @@ def damaged_weights(folder) -> str | None:
     return f"{', '.join(bad)} in {str(folder)!r}" if bad else None
 
 
+def load_run_tokenizer(src: ModelSource, trust_remote_code: bool = False):
+    """The tokenizer as `load_pretrained` prepares it (the run folder's own when it has one, a pad
+    token, right padding), alone: for a run whose adapter goes on a base already loaded."""
+    tokenizer = load_tokenizer(src, trust_remote_code)
+    ensure_pad_token(tokenizer)
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
 def load_pretrained(src: ModelSource, device: str, dtype: torch.dtype, quant_config=None,
                     trust_remote_code: bool = False):
     """(model, tokenizer), ready for training and generation: a pad token distinct from EOS
@@ -295,9 +304,7 @@ def load_pretrained(src: ModelSource, device: str, dtype: torch.dtype, quant_con
     (left padding would shift Llama-style position ids between training and generation; batched
     generation pads on the left per call)."""
     config = load_config(src, trust_remote_code)
-    tokenizer = load_tokenizer(src, trust_remote_code)
-    ensure_pad_token(tokenizer)
-    tokenizer.padding_side = "right"
+    tokenizer = load_run_tokenizer(src, trust_remote_code)
     model = load_model(src, config, device, dtype, quant_config, trust_remote_code)
     model.config.pad_token_id = tokenizer.pad_token_id
     if getattr(model, "generation_config", None) is not None:

@@ -7,6 +7,7 @@ and they do not fit, that is an error listing what the model has.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import pickle
 from pathlib import Path
@@ -164,16 +165,34 @@ def apply_lora(model, lora_config: LoraConfig, quantized: bool):
 
 def load_lora(model, adapter_path: str, quantized: bool):
     """Put a saved adapter on `model`, trainable (its LoRA settings replace the lora_* arguments)."""
-    import torch
     from peft import PeftModel
+
+    logger.info("Loading adapter %s (its LoRA settings replace the lora_* arguments).", adapter_path)
+    with _adapter_errors(model, adapter_path):
+        return PeftModel.from_pretrained(_prepare(model, quantized), adapter_path, is_trainable=True)
+
+
+def attach_lora(peft_model, adapter_path: str, adapter_name: str) -> None:
+    """Put another saved adapter on a `PeftModel` that already holds one, frozen, under
+    `adapter_name` (not made active: `set_adapter` picks it). Only its LoRA weights are added;
+    the base is shared."""
+    logger.info("Loading adapter %s as %r beside the adapters already loaded.", adapter_path, adapter_name)
+    with _adapter_errors(peft_model.get_base_model(), adapter_path):
+        peft_model.load_adapter(adapter_path, adapter_name=adapter_name, is_trainable=False)
+
+
+@contextlib.contextmanager
+def _adapter_errors(model, adapter_path: str):
+    """Loading an adapter: pickles torch refuses, damaged files and adapters that do not fit the
+    model become a ModelLoadError that names the folder and the fix."""
+    import torch
     from safetensors import SafetensorError
 
     from ..errors import ModelLoadError
     from .loading import damaged_weights, read_json_file, unsafe_pickle_message
 
-    logger.info("Loading adapter %s (its LoRA settings replace the lora_* arguments).", adapter_path)
     try:
-        return PeftModel.from_pretrained(_prepare(model, quantized), adapter_path, is_trainable=True)
+        yield
     except pickle.UnpicklingError as exc:
         raise ModelLoadError(unsafe_pickle_message(f"The adapter in {adapter_path!r}", exc)) from exc
     except SafetensorError as exc:

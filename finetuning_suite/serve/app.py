@@ -1,6 +1,7 @@
 """`create_app`: the FastAPI app of `finetune serve`.
 
-    GET  /v1/models             the one model served, under `model_name`
+    GET  /v1/models             the models served: a FineTuner's, under `model_name`; or an
+                                `AdapterSet`'s runs and their base, each under its name
     POST /v1/chat/completions   messages -> the tokenizer's chat template -> an answer
     POST /v1/completions        a raw prompt (no chat template) -> the text that follows it
 
@@ -23,6 +24,8 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -43,12 +46,15 @@ API_KEY_ENV = "FINETUNE_API_KEY"
 MAX_STOP_SEQUENCES = 4  # as OpenAI
 
 
-def create_app(finetuner, *, model_name: str, api_key: str | None = None,
+def create_app(models, *, model_name: str | None = None, api_key: str | None = None,
                max_tokens_limit: int = DEFAULTS.max_tokens_limit,
                max_batch_size: int = DEFAULTS.max_batch_size,
                max_body_bytes: int = DEFAULTS.max_body_bytes, max_queue: int = DEFAULTS.max_queue,
                batch_window_s: float = DEFAULTS.batch_window_s) -> FastAPI:
-    """The server's app over `finetuner` (its model, tokenizer and generation settings).
+    """The server's app over `models`: a `FineTuner` (its model, tokenizer and generation
+    settings), served as `model_name`; or an `AdapterSet` (several runs' adapters on one base),
+    each of its models served under its own name with its own settings, the request's `model`
+    choosing which.
 
     api_key: every request must send `Authorization: Bearer <api_key>`; None reads the
         FINETUNE_API_KEY environment variable (unset or empty: no key needed).
@@ -60,13 +66,23 @@ def create_app(finetuner, *, model_name: str, api_key: str | None = None,
 
     The engine worker starts with the app (its lifespan) and stops with it.
     """
-    _check_arguments(model_name, max_tokens_limit, max_batch_size, max_body_bytes, max_queue, batch_window_s)
+    from ..adapter_set import AdapterSet
+
+    is_set = isinstance(models, AdapterSet)
+    _check_arguments([v.name for v in models] if is_set else [model_name], max_tokens_limit,
+                     max_batch_size, max_body_bytes, max_queue, batch_window_s)
+    if is_set and model_name is not None:
+        raise ConfigError(f"create_app: model_name={model_name!r} names a FineTuner's one model; an "
+                          "AdapterSet's models are named by the set (AdapterSet({'facts': "
+                          "'runs/facts', ...}, base_name=...)).")
     if api_key is None:
         api_key = os.environ.get(API_KEY_ENV) or None
-    engine = Engine(finetuner.model, finetuner.tokenizer, finetuner.device,
+    engine = Engine(models.model, getattr(models, "tokenizer", None), models.device,
                     max_batch_size=max_batch_size, max_queue=max_queue, batch_window_s=batch_window_s)
-    handlers = Handlers(finetuner.inference_handler)
-    default_chat_tokens = min(finetuner.max_length, max_tokens_limit)
+    # an AdapterSet member generates with its own run's settings, on the shared model
+    served = {v.name: _Served(Handlers(v.inference_handler), min(v.max_length, max_tokens_limit), v)
+              for v in models} if is_set else \
+        {model_name: _Served(Handlers(models.inference_handler), min(models.max_length, max_tokens_limit), None)}
     created = s.now()
 
     @asynccontextmanager
@@ -80,23 +96,25 @@ def create_app(finetuner, *, model_name: str, api_key: str | None = None,
     app = FastAPI(title="finetuning_suite", summary="OpenAI-compatible API over a fine-tuned model",
                   lifespan=lifespan)
     app.state.engine = engine
-    app.state.model_name = model_name
+    app.state.model_names = list(served)
+    app.state.model_name = app.state.model_names[0]  # the one served (the first, with several)
     app.add_middleware(Guards, api_key=api_key, max_body_bytes=max_body_bytes)
     _install_error_handlers(app)
 
     # -- routes ----------------------------------------------------------------------------------
     @app.get("/v1/models", response_model=s.ModelList)
     async def list_models():
-        return s.ModelList(data=[s.ModelCard(id=model_name, created=created)])
+        return s.ModelList(data=[s.ModelCard(id=name, created=created) for name in served])
 
     @app.get("/v1/models/{model_id:path}", response_model=s.ModelCard)
     async def get_model(model_id: str):
-        _check_model(model_id, model_name)
-        return s.ModelCard(id=model_name, created=created)
+        _check_model(model_id, served)
+        return s.ModelCard(id=model_id, created=created)
 
     @app.post("/v1/chat/completions", response_model=s.ChatCompletion)
     async def chat_completions(body: s.ChatCompletionRequest):
-        _check_model(body.model, model_name)
+        model = _check_model(body.model, served)
+        model_name = body.model
         _refuse(body.n not in (None, 1), "n", "Only n=1 is supported.")
         _refuse(bool(body.logprobs), "logprobs", "logprobs are not supported.")
         _refuse(bool(body.tools) or bool(body.functions), "tools", "Tools and functions are not supported.")
@@ -104,17 +122,17 @@ def create_app(finetuner, *, model_name: str, api_key: str | None = None,
                 and body.max_tokens != body.max_completion_tokens:
             raise APIError(400, "Give max_tokens or max_completion_tokens, not both.", param="max_tokens")
         given = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-        max_tokens = _max_tokens(given, default_chat_tokens, max_tokens_limit,
+        max_tokens = _max_tokens(given, model.default_chat_tokens, max_tokens_limit,
                                  "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens")
         stop = _stops(body)
-        handler = _handler(handlers, body, chat=True)
+        handler = _handler(model.handlers, body, chat=True)
         prompt = [m.as_dict() for m in body.messages]
         rid, now = s.new_id("chatcmpl"), s.now()
         if body.stream:
-            job = await _start_stream(engine, prompt, handler, max_tokens, stop)
+            job = await _start_stream(engine, prompt, handler, max_tokens, stop, model.view)
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return _sse(_chat_events(job, rid, now, model_name, include_usage))
-        (g,) = await _generate(engine, [prompt], handler, max_tokens, stop)
+        (g,) = await _generate(engine, [prompt], handler, max_tokens, stop, model.view)
         return s.ChatCompletion(
             id=rid, created=now, model=model_name,
             choices=[s.ChatChoice(index=0, message=s.AssistantMessage(content=g.text),
@@ -123,7 +141,8 @@ def create_app(finetuner, *, model_name: str, api_key: str | None = None,
 
     @app.post("/v1/completions", response_model=s.Completion)
     async def completions(body: s.CompletionRequest):
-        _check_model(body.model, model_name)
+        model = _check_model(body.model, served)
+        model_name = body.model
         _refuse(body.n not in (None, 1), "n", "Only n=1 is supported.")
         _refuse(body.best_of not in (None, 1), "best_of", "Only best_of=1 is supported.")
         _refuse(bool(body.echo), "echo", "echo is not supported.")
@@ -136,15 +155,15 @@ def create_app(finetuner, *, model_name: str, api_key: str | None = None,
             raise APIError(400, f"prompt: at most {max_batch_size} prompts per request.", param="prompt")
         max_tokens = _max_tokens(body.max_tokens, 16, max_tokens_limit, "max_tokens")  # OpenAI's default
         stop = _stops(body)
-        handler = _handler(handlers, body, chat=False)
+        handler = _handler(model.handlers, body, chat=False)
         rid, now = s.new_id("cmpl"), s.now()
         if body.stream:
             if len(prompts) != 1:
                 raise APIError(400, "stream: one prompt per streaming request.", param="prompt")
-            job = await _start_stream(engine, prompts[0], handler, max_tokens, stop)
+            job = await _start_stream(engine, prompts[0], handler, max_tokens, stop, model.view)
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return _sse(_completion_events(job, rid, now, model_name, include_usage))
-        out = await _generate(engine, prompts, handler, max_tokens, stop)
+        out = await _generate(engine, prompts, handler, max_tokens, stop, model.view)
         return s.Completion(
             id=rid, created=now, model=model_name,
             choices=[s.CompletionChoice(index=i, text=g.text, finish_reason=_reason(g))
@@ -154,13 +173,26 @@ def create_app(finetuner, *, model_name: str, api_key: str | None = None,
     return app
 
 
+# -- the models served ----------------------------------------------------------------------------
+@dataclass
+class _Served:
+    """A model the server answers as: its generation settings (a handler per request sampling),
+    its default max_tokens for chat, and the AdapterSet member its jobs run on (None: the one
+    FineTuner's model)."""
+
+    handlers: Handlers
+    default_chat_tokens: int
+    view: Any
+
+
 # -- request checks -------------------------------------------------------------------------------
-def _check_arguments(model_name, max_tokens_limit, max_batch_size, max_body_bytes, max_queue,
+def _check_arguments(model_names, max_tokens_limit, max_batch_size, max_body_bytes, max_queue,
                      batch_window_s) -> None:
     problems = []
     positive = lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0  # noqa: E731
-    if not (isinstance(model_name, str) and model_name.strip()):
-        problems.append(f"model_name={model_name!r}: must be a non-empty string")
+    for model_name in model_names:
+        if not (isinstance(model_name, str) and model_name.strip()):
+            problems.append(f"model_name={model_name!r}: must be a non-empty string")
     for name, value in [("max_tokens_limit", max_tokens_limit), ("max_batch_size", max_batch_size),
                         ("max_body_bytes", max_body_bytes), ("max_queue", max_queue)]:
         if not positive(value):
@@ -171,10 +203,12 @@ def _check_arguments(model_name, max_tokens_limit, max_batch_size, max_body_byte
         raise ConfigError("create_app: " + "; ".join(problems) + ".")
 
 
-def _check_model(requested: str, served: str) -> None:
-    if requested != served:
-        raise APIError(404, f"The model '{requested}' does not exist; this server serves '{served}' "
+def _check_model(requested: str, served: dict[str, _Served]) -> _Served:
+    if requested not in served:
+        names = ", ".join(f"'{name}'" for name in served)
+        raise APIError(404, f"The model '{requested}' does not exist; this server serves {names} "
                        "(GET /v1/models).", param="model", code="model_not_found")
+    return served[requested]
 
 
 def _refuse(condition: bool, param: str, message: str) -> None:
@@ -235,7 +269,7 @@ def _as_api_error(exc: BaseException) -> APIError:
 
 
 async def _generate(engine: Engine, prompts: list, handler, max_tokens: int,
-                    stop: list[str]) -> list[Generation]:
+                    stop: list[str], view) -> list[Generation]:
     loop = asyncio.get_running_loop()
     futures = [loop.create_future() for _ in prompts]
 
@@ -244,7 +278,7 @@ async def _generate(engine: Engine, prompts: list, handler, max_tokens: int,
             loop.call_soon_threadsafe(_settle, future, kind, value)
         return deliver
 
-    jobs = [Job(p, handler, max_tokens, stop, deliverer(f)) for p, f in zip(prompts, futures)]
+    jobs = [Job(p, handler, max_tokens, stop, deliverer(f), view=view) for p, f in zip(prompts, futures)]
     _submit(engine, *jobs)
     try:
         return list(await asyncio.gather(*futures))
@@ -272,7 +306,8 @@ class _StreamJob:
         self.job, self.events = job, events
 
 
-async def _start_stream(engine: Engine, prompt, handler, max_tokens: int, stop: list[str]) -> _StreamJob:
+async def _start_stream(engine: Engine, prompt, handler, max_tokens: int, stop: list[str],
+                        view) -> _StreamJob:
     """Queue a streaming job and wait until it starts (or fails: a bad prompt is a plain error
     response, not a broken stream)."""
     loop = asyncio.get_running_loop()
@@ -281,7 +316,7 @@ async def _start_stream(engine: Engine, prompt, handler, max_tokens: int, stop: 
     def deliver(kind, value):
         loop.call_soon_threadsafe(events.put_nowait, (kind, value))
 
-    job = Job(prompt, handler, max_tokens, stop, deliver, stream=True)
+    job = Job(prompt, handler, max_tokens, stop, deliver, stream=True, view=view)
     _submit(engine, job)
     try:
         kind, value = await events.get()

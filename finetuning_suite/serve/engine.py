@@ -14,6 +14,18 @@ waiting jobs). The worker takes the oldest job:
 - a streaming job runs alone, through `DefaultInferenceHandler.stream`, its pieces delivered as
   they come; the next job waits until it ends (or its client goes away).
 
+With an `AdapterSet` (several runs' adapters on one base), a job carries the set's member it is
+for (`view`); jobs of different members are never batched together, and each batch or stream
+runs inside its member's `active()` (`set_adapter`, or the base with adapters disabled). Why not
+one batch across adapters (peft's per-row `adapter_names=`): each run renders prompts with its
+own chat format and system prompt and generates with its own settings, which one
+`generate_batch` call cannot mix, while a batch of one run is exactly what that run's own
+`FineTuner` computes. Measured (`bench/multi_adapter.py`, embedded model, 8 requests, 4 per
+adapter, interleaved): per-adapter batches gave the same tokens/s as one mixed batch (1.01x, the
+same text 8/8; a loaded 2-core CPU), one adapter's batch of 8 was 1.21x; a switch is 19 ms.
+Under load each run's batch fills on its own; mixing would gain only while few requests of
+several runs wait at once.
+
 Results go back through each job's `deliver(kind, value)` callback, called on the worker thread
 (the app turns it into an asyncio hand-over): "result" (a `Generation`), "started", "piece"
 (text), "done" (a `Generation`) or "error" (an exception).
@@ -25,6 +37,7 @@ identity.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import threading
@@ -129,6 +142,7 @@ class Job:
     deliver: Callable[[str, Any], None]
     stream: bool = False
     cancelled: threading.Event = field(default_factory=threading.Event)
+    view: Any = None  # the AdapterSet member it is for (a ModelView); None: the engine's model
 
 
 @dataclass
@@ -225,7 +239,8 @@ class Engine:
                 return self._running
             deadline = time.monotonic() + self.batch_window_s
             while True:
-                mates = [j for j in self._pending if not j.stream and j.handler is first.handler]
+                mates = [j for j in self._pending if not j.stream and j.handler is first.handler
+                         and j.view is first.view]
                 mates = mates[:self.max_batch_size - 1]
                 left = deadline - time.monotonic()
                 if len(mates) + 1 >= self.max_batch_size or left <= 0 or self._closed:
@@ -236,13 +251,21 @@ class Engine:
             self._running = [first, *mates]
             return self._running
 
+    def _target(self, job: Job):
+        """(model, tokenizer, the context in which the model is the job's) for `job`."""
+        if job.view is None:
+            return self.model, self.tokenizer, contextlib.nullcontext()
+        return job.view.model, job.view.tokenizer, job.view.active()
+
     def _run_batch(self, jobs: list[Job]) -> None:
         handler = jobs[0].handler
+        model, tokenizer, active = self._target(jobs[0])
         try:
-            out = handler.generate_batch(
-                [j.prompt for j in jobs], self.model, self.tokenizer, self.device,
-                max(j.max_tokens for j in jobs), max_new_tokens_each=[j.max_tokens for j in jobs],
-                stop_each=[j.stop for j in jobs])
+            with active:
+                out = handler.generate_batch(
+                    [j.prompt for j in jobs], model, tokenizer, self.device,
+                    max(j.max_tokens for j in jobs), max_new_tokens_each=[j.max_tokens for j in jobs],
+                    stop_each=[j.stop for j in jobs])
         except FineTuningError as exc:
             if len(jobs) > 1:  # find whose prompt it was: rerun one at a time
                 for job in jobs:
@@ -261,20 +284,22 @@ class Engine:
 
     def _run_stream(self, job: Job) -> None:
         finished: list = []
-        try:
-            pieces = job.handler.stream(job.prompt, self.model, self.tokenizer, self.device,
-                                        job.max_tokens, stop=job.stop, on_finish=finished.append)
-        except FineTuningError as exc:
-            _deliver(job, "error", exc)
-            return
-        _deliver(job, "started", None)
-        try:
-            for piece in pieces:
-                if job.cancelled.is_set():
-                    break  # the client went away: closing the iterator stops generation
-                _deliver(job, "piece", piece)
-        finally:
-            pieces.close()
+        model, tokenizer, active = self._target(job)
+        with active:  # held until the stream ends: its tokens are generated in the block
+            try:
+                pieces = job.handler.stream(job.prompt, model, tokenizer, self.device,
+                                            job.max_tokens, stop=job.stop, on_finish=finished.append)
+            except FineTuningError as exc:
+                _deliver(job, "error", exc)
+                return
+            _deliver(job, "started", None)
+            try:
+                for piece in pieces:
+                    if job.cancelled.is_set():
+                        break  # the client went away: closing the iterator stops generation
+                    _deliver(job, "piece", piece)
+            finally:
+                pieces.close()
         self.stats.jobs += 1
         self.stats.streams += 1
         if finished:

@@ -11,8 +11,9 @@ Five tabs over one workspace folder of runs:
   second from its files; Stop (a checkpoint, then the normal final save) and Resume.
 - Runs: every run folder in the workspace with its numbers; two side by side (loss curves,
   before/after metrics, recorded sample generations).
-- Chat: two models side by side (a base model and a trained run), answers streamed, each with
-  its own chat template as trained.
+- Chat: two models side by side (a base model and a trained run, or two runs), answers
+  streamed, each with its own chat template as trained; runs on one base share one loaded base
+  (`models.ModelCache.chat_pair`).
 - Export: a run as a merged model folder, its adapter alone, or GGUF (`FineTuner.export`).
 
 Every handler turns errors into a message on the page (`messages`), never a traceback.
@@ -600,20 +601,20 @@ def create_app(config: FinetuneConfig | None = None, workspace="runs", *, device
                     raise ConfigError(f"max_length={max_new!r}: must be the most new tokens to "
                                       "generate, a positive integer, e.g. 256.")
                 keys = {"a": key_a, "b": key_b}
-                loaded = {side: page.models.get(page.model_id(keys[side])) for side in keys}
+                pair = dict(zip(keys, page.models.chat_pair(*(page.model_id(k) for k in keys.values()))))
+                # two sides on one loaded base (one lock) answer one after the other: the model
+                # is one side's at a time; two loaded models answer side by side
+                shared = pair["a"].lock is pair["b"].lock
                 answers = {"a": "", "b": ""}
+                for lock in sorted({id(p.lock): p.lock for p in pair.values()}.values(), key=id):
+                    lock.acquire()
+                    held.append(lock)
                 for side in ("a", "b"):
                     if side == "b" and keys["b"] == keys["a"]:
                         continue
-                    item = loaded[side]
-                    item.lock.acquire()
-                    held.append(item.lock)
-                    ft = item.finetuner
-                    prompt = ft.chat_format.conversation_prompt(hist[side])
-                    streams[side] = ft.inference_handler.stream(prompt, ft.model, ft.tokenizer,
-                                                                ft.device, int(max_new))
+                    streams[side] = _side_stream(pair[side], hist[side], int(max_new))
                 while streams:
-                    for side in list(streams):
+                    for side in list(streams)[:1 if shared else None]:
                         try:
                             piece = next(streams[side])
                         except StopIteration:
@@ -660,7 +661,7 @@ def create_app(config: FinetuneConfig | None = None, workspace="runs", *, device
                     page.workspace / "exports" / f"{name}-{slug}"
                 item = page.models.get(str(path))
                 with item.lock:
-                    written = item.finetuner.export(target, merged=merged, gguf=gguf, overwrite=bool(overwrite))
+                    written = item.model.export(target, merged=merged, gguf=gguf, overwrite=bool(overwrite))
             except Exception as exc:  # noqa: BLE001
                 return gr.skip(), error_markdown(error_text(exc))
             table = pd.DataFrame([{"file": k, "path": v} for k, v in written.items()],
@@ -671,6 +672,14 @@ def create_app(config: FinetuneConfig | None = None, workspace="runs", *, device
                             [export_result, message])
     app.page = page  # for tests and the CLI
     return app
+
+
+def _side_stream(side, history: list[dict], max_new: int):
+    """The pieces of one chat side's answer, generated with its model active."""
+    m = side.model
+    prompt = m.chat_format.conversation_prompt(history)
+    with side.active():
+        yield from m.inference_handler.stream(prompt, m.model, m.tokenizer, m.device, max_new)
 
 
 def theme():
