@@ -10,7 +10,7 @@ The rules, which the docs follow:
 
 - Each page runs in a fresh scratch folder holding what its blocks refer to: the repository's
   `recipes/`, `scripts/` and `bench/` (links) and the files of `tests/docs_fixtures/` (`facts.jsonl`: a
-  dozen made-up facts, the "your own file" of the Quick start). Blocks run in page order and
+  dozen made-up facts, the "your own file" of the Quick start; `prefs.jsonl`: preference rows). Blocks run in page order and
   share state, as one terminal and one Python session would.
 - ```python blocks run in one namespace per page.
 - ```bash blocks run under `bash -e` in the scratch folder, with the virtual environment's
