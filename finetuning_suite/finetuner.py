@@ -24,6 +24,7 @@ from .data.preprocessing import DefaultPreprocessor
 from .data.replay import REPLAY_MAX_NEW_TOKENS, replay_dataset
 from .data.sources import load_source, split_dataset
 from .errors import ConfigError, DatasetError, Problems
+from .infer.answer_cache import cached_answers
 from .infer.generation import finished_answers
 from .infer.retention import answer, probe_items, retention
 from .infer.stage_eval import evaluate_stage
@@ -240,7 +241,7 @@ class FineTuner:
         evaluated = prepared.eval is not None and (eval_before or self.stage != "sft")  # stages: always
         before = self._evaluate_prepared(prepared) if evaluated else None
         probe = self._probe_items(prepared) if args.process_index == 0 else []
-        probe_before = self._probe(probe)
+        probe_before = self._probe(probe, cache=True)
         train_set = self._with_replay(prepared.train, replay_n)
         trainer = self.trainer_config.build_trainer(
             model=self.model, args=args, tokenizer=tokenizer_with_template(self.tokenizer, self.chat_format),
@@ -327,8 +328,21 @@ class FineTuner:
             return []
         return probe_items()
 
-    def _probe(self, items: list[dict]) -> list[str]:
-        return answer(items, self.model, self.tokenizer, self.device, self.chat_format) if items else []
+    def _probe(self, items: list[dict], cache: bool = False) -> list[str]:
+        """The model's replies to the retention probe; `cache`: before training (the answers of
+        an unchanged model are kept across runs, `infer/answer_cache.py`)."""
+        if not items:
+            return []
+        def ask(chosen):
+            return answer(chosen, self.model, self.tokenizer, self.device, self.chat_format)
+        if not cache:
+            return ask(items)
+        from .infer.retention import PROBE_MAX_NEW_TOKENS
+
+        replies = cached_answers("retention_probe", self.model, self.tokenizer, self.chat_format,
+                                 [item["messages"] for item in items], PROBE_MAX_NEW_TOKENS,
+                                 lambda _: ask(items))
+        return list(replies)
 
     def _with_replay(self, train_set, n: int):
         """`train_set` plus up to `n` rows of the model's own answers to general prompts, made
@@ -337,9 +351,11 @@ class FineTuner:
             return train_set
         import datasets
 
-        def answers(prompts):
-            return finished_answers(prompts, self.model, self.tokenizer, self.device,
-                                    REPLAY_MAX_NEW_TOKENS, self.chat_format)
+        def answers(prompts):  # deterministic for an unchanged model: cached across runs
+            return cached_answers("self_replay", self.model, self.tokenizer, self.chat_format, prompts,
+                                  REPLAY_MAX_NEW_TOKENS, lambda ps: finished_answers(
+                                      ps, self.model, self.tokenizer, self.device,
+                                      REPLAY_MAX_NEW_TOKENS, self.chat_format))
 
         from .train import distill
 
