@@ -34,13 +34,17 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 RESULTS = Path(__file__).resolve().parent / "results"
 TASKS = {"concise": {"stage": "dpo"}, "sums": {"stage": "grpo", "reward_funcs": ["exact_match:answer"]}}
 SHORT_WORDS = 4
+RESULT_NAME = "stages"
 MAX_NEW_TOKENS = 48
+
+
+SPLIT = "test"  # --split validation: the dev rows, for choosing defaults (results kept apart)
 
 
 def test_rows(task: str) -> list[dict]:
     from finetuning_suite.data.sources import BUILTIN_DIR
 
-    path = BUILTIN_DIR / f"{task}.test.jsonl"
+    path = BUILTIN_DIR / f"{task}.{SPLIT}.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
@@ -62,16 +66,16 @@ def answers(ft, rows):
                                                ft.device, MAX_NEW_TOKENS)
 
 
-def run_one(task: str) -> dict:
+def run_one(task: str, extra: dict | None = None) -> dict:
     from finetuning_suite import FineTuner
     from finetuning_suite.infer.retention import answer, load_items, retention
 
-    settings = TASKS[task]
+    settings = {**TASKS[task], **(extra or {})}
     started = time.time()
     ft = FineTuner(device="cpu", dataset_name=task, max_length=64, **settings)
     rows = test_rows(task)
     before = task_measure(task, rows, answers(ft, rows))
-    items = load_items("test")  # frozen: reported here, never tuned on
+    items = load_items("test" if SPLIT == "test" else "dev")  # the test half: frozen, report only
     test_before = answer(items, ft.model, ft.tokenizer, ft.device, ft.chat_format)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.time()
@@ -102,13 +106,12 @@ def write_markdown(data: dict) -> None:
              "Command: `make quality-stages`.", "",
              __doc__.split("\n\n", 2)[2].strip().replace("\n", " "), "",
              *([data["note"], ""] if data.get("note") else []),
-             "| task | run | success before → after (test split) | EOS after | retention (test half) | train s | wall s |",
+             f"| task | run | success before → after ({SPLIT} split) | EOS after | retention ({'test' if SPLIT == 'test' else 'dev'} half) | train s | wall s |",
              "|---|---|---|---|---|---|---|"]
     for r in data["runs"].values():
         t = r["retention_test"]
         share = f" ({100 * t['kept'] / t['base_right']:.0f}%)" if t["base_right"] else ""
-        run = f"stage={r['settings']['stage']}" + (f", reward_funcs={r['settings']['reward_funcs']}"
-                                                   if r["settings"].get("reward_funcs") else "")
+        run = ", ".join(f"{k}={v}" for k, v in r["settings"].items())
         lines.append(f"| {r['task']} | {run} | {100 * r['before']['success']:.0f}% → "
                      f"{100 * r['after']['success']:.0f}% of {r['after']['n']} | "
                      f"{100 * r['after']['eos_rate']:.0f}% | {t['kept']}/{t['base_right']}{share} | "
@@ -121,7 +124,7 @@ def write_markdown(data: dict) -> None:
     for key, r in data["runs"].items():
         if r.get("chosen_defaults"):
             lines.append(f"- {key}: {r['chosen_defaults'].get('rule') or r['chosen_defaults'].get('summary')}")
-    (RESULTS / "stages.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{RESULT_NAME}.md").write_text("\n".join(lines) + "\n")
 
 
 def main(argv=None) -> int:
@@ -129,19 +132,33 @@ def main(argv=None) -> int:
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--note", default=None)
     parser.add_argument("--markdown-only", action="store_true")
+    parser.add_argument("--split", default="test", choices=("test", "validation"),
+                        help="validation: the dev rows and the dev half of the retention set, for "
+                             "choosing defaults; written to stages_dev.{json,md}")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="settings over the defaults (dev runs only)")
     args = parser.parse_args(argv)
+    global SPLIT, RESULT_NAME
+    SPLIT = args.split
+    RESULT_NAME = "stages" if SPLIT == "test" else "stages_dev"
+    if args.set and SPLIT == "test":
+        parser.error("--set is for --split validation: the test split reports the defaults only")
+    from finetuning_suite.config import scalar
+
+    extra = {k: scalar(v) for k, v in (item.split("=", 1) for item in args.set)}
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from quality import machine
 
-    path = RESULTS / "stages.json"
+    path = RESULTS / f"{RESULT_NAME}.json"
     data = json.loads(path.read_text()) if path.is_file() else {"runs": {}}
     if args.note:
         data["note"] = args.note
     if not args.markdown_only:
         for task in args.tasks:
             print(f"== {task}", flush=True)
-            data["runs"][task] = run_one(task)
-            print(json.dumps({k: data["runs"][task][k] for k in ("before", "after", "retention_test", "wall_seconds")})[:2000],
+            key = task + "".join(f" {k}={v}" for k, v in extra.items())
+            data["runs"][key] = run_one(task, extra)
+            print(json.dumps({k: data["runs"][key][k] for k in ("before", "after", "retention_test", "wall_seconds")})[:2000],
                   flush=True)
             data["machine"] = machine()
             path.write_text(json.dumps(data, indent=2) + "\n")

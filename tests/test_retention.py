@@ -23,7 +23,7 @@ def test_retention_counts_kept_lost_and_gained_against_the_base():
     kept = retention(ITEMS, before, after)
     assert (kept.asked, kept.base_right, kept.kept, kept.gained) == (3, 2, 1, 1)
     assert [item["id"] for item in kept.lost] == ["a"] and kept.share == 0.5
-    assert kept.line().startswith("kept 1 of 2 general answers; lost: 'Capital of France?'")
+    assert kept.line().startswith("kept 1 of 2 general answers it knew (3 prompts asked); lost: 'Capital of France?'")
     assert "lower learning_rate" in kept.warning()
     assert retention(ITEMS, before, before).warning() is None  # nothing lost: no warning
     assert score(ITEMS, after) == [False, True, True]

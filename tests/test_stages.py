@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from finetuning_suite import ConfigError, DatasetError, FineTuner
@@ -53,6 +54,13 @@ def test_dpo_starts_at_ln2_and_its_margin_rises(tiny_llama, tmp_path):
     reloaded = FineTuner(str(tmp_path / "dpo"), device="cpu")  # a run folder like any other
     assert reloaded.config.training.stage == "dpo"
     assert reloaded.generate("Name colour number 3.", 6) == ft.generate("Name colour number 3.", 6)
+    reloaded.export(tmp_path / "merged")  # exports like any other: a plain transformers folder
+    from transformers import AutoModelForCausalLM
+
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    ids = reloaded.tokenizer("Name colour number 3.", return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        assert torch.allclose(merged(input_ids=ids).logits, reloaded.model(input_ids=ids).logits, atol=1e-4)
 
 
 @pytest.mark.parametrize("stage, rows", [

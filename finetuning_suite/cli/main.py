@@ -267,7 +267,7 @@ def cmd_train(config: FinetuneConfig, options: dict) -> int:
     print(json.dumps(shown, indent=2))
     kept = metrics.get("retention")
     if kept:  # the last lines say whether the model forgot
-        print(f"Retention: {kept['line']} (general prompts the model answered right before training).")
+        print(f"Retention: {kept['line']}.")
         if kept.get("warning"):
             print(f"warning: {kept['warning']}", file=sys.stderr)
     print(f"Saved to {out}/ (report: {out}/report.html). Reload with: finetune chat --model_id {out}")

@@ -81,11 +81,12 @@ class Retention:
     def line(self) -> str:
         """One sentence for the end of a run."""
         if not self.base_right:
-            return (f"retention probe: the model answered none of {self.asked} general prompts "
-                    "right before training, so there is nothing to keep")
+            return (f"the model answered none of the {self.asked} general probe prompts right "
+                    "before training, so there was nothing to keep")
         lost = "; lost: " + ", ".join(f"{item['prompt']!r}" for item in self.lost[:5]) if self.lost else ""
         more = f" (+{len(self.lost) - 5} more)" if len(self.lost) > 5 else ""
-        return f"kept {self.kept} of {self.base_right} general answers{lost}{more}"
+        return (f"kept {self.kept} of {self.base_right} general answers it knew ({self.asked} prompts "
+                f"asked){lost}{more}")
 
     def warning(self) -> str | None:
         """The warning and its hint when too much was lost, else None."""
