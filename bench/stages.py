@@ -96,7 +96,6 @@ def run_one(task: str, extra: dict | None = None) -> dict:
 
 
 def write_markdown(data: dict) -> None:
-    from quality import machine  # noqa: F401  (same machine line as the SFT benchmark)
 
     m = data["machine"]
     lines = ["# Stage benchmark: preference (DPO) and reward (GRPO) training, default settings", "",
