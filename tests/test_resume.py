@@ -4,19 +4,17 @@ that looks for full weights, or one that silently skips training)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from tiny import run_train_script
+
 from finetuning_suite import FineTuner
 from finetuning_suite.errors import ConfigError, ModelLoadError
 
-SCRIPT = Path(__file__).parent / "scripts" / "train_tiny.py"
 
 
 def _data(tmp_path) -> str:
@@ -27,13 +25,7 @@ def _data(tmp_path) -> str:
     return str(path)
 
 
-def _run(*args, check=True):
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    proc = subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], env=env,
-                          capture_output=True, text=True, timeout=300)
-    if check and proc.returncode != 0:
-        raise AssertionError(proc.stderr[-3000:])
-    return proc
+_run = run_train_script
 
 
 def _adapter(folder) -> dict:

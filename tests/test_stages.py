@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+
+from tiny import run_train_script
 
 from finetuning_suite import ConfigError, DatasetError, FineTuner
 from finetuning_suite.errors import TrainingError
@@ -22,7 +21,6 @@ from finetuning_suite.train.stages import grpo_batch
 
 PREFS = [{"prompt": f"Name colour number {i}.", "chosen": "Blue.",
           "rejected": "Well, there are many colours, such as red, green and plenty more."} for i in range(16)]
-SCRIPT = Path(__file__).parent / "scripts" / "train_tiny.py"
 
 
 def _losses(run) -> list[float]:
@@ -208,13 +206,7 @@ def test_implicit_prompts_and_stage_settings_for_the_wrong_stage(tiny_llama):
 
 
 # -- resume ----------------------------------------------------------------------------------------
-def _run(*args, check=True):
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    proc = subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], env=env,
-                          capture_output=True, text=True, timeout=300)
-    if check and proc.returncode != 0:
-        raise AssertionError(proc.stderr[-3000:])
-    return proc
+_run = run_train_script
 
 
 def test_a_killed_dpo_run_resumes_to_the_uninterrupted_result(tiny_llama, tmp_path):

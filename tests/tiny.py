@@ -195,3 +195,20 @@ def build_for_gguf(kind: str, path: Path, hidden: int = 64) -> str:
             elif "norm" in name:
                 param.add_(torch.randn_like(param) * 0.3)
     return _save(model, tok, path)
+
+
+TRAIN_SCRIPT = Path(__file__).parent / "scripts" / "train_tiny.py"
+
+
+def run_train_script(*args, check: bool = True):
+    """`tests/scripts/train_tiny.py ARGS` in a subprocess (one thread, offline), as a resume test
+    kills and restarts it; with `check`, a failure raises with the script's stderr."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    proc = subprocess.run([sys.executable, str(TRAIN_SCRIPT), *map(str, args)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(proc.stderr[-3000:])
+    return proc
