@@ -184,12 +184,12 @@ def test_packed_run_has_the_unpacked_runs_per_step_losses(tiny_llama, tmp_path, 
 
 
 # -- refusals -------------------------------------------------------------------------------
-def test_an_encoder_decoder_is_refused(tiny_t5):
+def test_an_encoder_decoder_is_refused(tiny_t5, tmp_path):
     rows = [{"prompt": f"say {i}", "completion": str(i)} for i in range(8)]
     ft = FineTuner(model_id=tiny_t5, device="cpu", dataset_name=rows, packing=True, max_steps=1,
                    eval_fraction=0, save_strategy="no", report_to=["none"])
     with pytest.raises(ConfigError, match=r"packing=True: t5 is an encoder-decoder.*packing=False"):
-        ft.train()
+        ft.train(str(tmp_path / "run"))
 
 
 def test_an_attention_outside_the_interface_is_refused():
