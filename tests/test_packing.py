@@ -92,6 +92,22 @@ def test_packed_loss_and_gradients_equal_the_examples_run_alone(request, kind, i
     assert_close((loss0, g0), (out.loss.item(), grads(model)))
 
 
+def test_packed_sdpa_keeps_a_sliding_window():
+    """Mistral attends within a window of 8 tokens: examples longer than it get the same band."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(0)
+    model = MistralForCausalLM(MistralConfig(vocab_size=1000, hidden_size=32, intermediate_size=64,
+                                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                             sliding_window=8, attn_implementation="sdpa")).eval()
+    rows = examples(1000)
+    loss0, g0, n_items = unpacked_reference(model, rows)
+    with packing.attention(model, packing.PACKED_SDPA):
+        out = model(**packing.packing_collator()(rows), num_items_in_batch=n_items, use_cache=False)
+        out.loss.backward()
+    assert_close((loss0, g0), (out.loss.item(), grads(model)))
+
+
 def test_packed_sdpa_with_gradient_checkpointing_and_two_packed_rows(tiny_llama):
     """Checkpointing replays each layer inside backward: the boundary keywords reach the replay.
     Two rows: cu_seq_lens index the rows flattened (the flash-attention convention)."""
