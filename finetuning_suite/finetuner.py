@@ -72,8 +72,8 @@ class FineTuner:
             max_seq_length=cfg.data.max_seq_length, train_on_inputs=cfg.data.train_on_inputs,
             use_chat_template=cfg.data.use_chat_template)
         self.trainer_config = trainer_config if trainer_config is not None else DefaultTrainerConfig(
-            stage=cfg.training.stage, reward_funcs=cfg.training.reward_funcs, **cfg.training_kwargs(),
-            **stage_settings(cfg))
+            stage=cfg.training.stage, reward_funcs=cfg.training.reward_funcs, packing=cfg.training.packing,
+            **cfg.training_kwargs(), **stage_settings(cfg))
         self.settings = settings = RunSettings.of_config(cfg)
         self.max_length = settings.max_length
         self.device, self.dtype = settings.device, settings.dtype

@@ -33,6 +33,11 @@ def tiny_gpt2(tiny_models):
 
 
 @pytest.fixture(scope="session")
+def tiny_qwen2(tmp_path_factory):  # built on demand: few tests need it
+    return build("qwen2", tmp_path_factory.mktemp("tiny_qwen2") / "qwen2")
+
+
+@pytest.fixture(scope="session")
 def tiny_t5(tiny_models):
     return tiny_models["t5"]
 

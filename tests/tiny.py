@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 from transformers import (AutoTokenizer, BartConfig, BartForConditionalGeneration, GPT2Config,
-                          GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, T5Config,
-                          T5ForConditionalGeneration)
+                          GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config,
+                          Qwen2ForCausalLM, T5Config, T5ForConditionalGeneration)
 
 from finetuning_suite.model.embedded import embedded_model_dir
 
@@ -53,6 +53,13 @@ def build(kind: str, path: Path) -> str:
                           pad_token_id=tok.pad_token_id, tie_word_embeddings=True,
                           initializer_range=INIT)
         model = LlamaForCausalLM(cfg)
+    elif kind == "qwen2":  # q/k/v biases, grouped-query heads
+        cfg = Qwen2Config(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                          pad_token_id=tok.pad_token_id, tie_word_embeddings=True,
+                          initializer_range=INIT)
+        model = Qwen2ForCausalLM(cfg)
     elif kind == "gpt2":
         cfg = GPT2Config(vocab_size=vocab, n_embd=64, n_layer=2, n_head=2, n_positions=1024,
                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,

@@ -143,6 +143,11 @@ class TrainingConfig:
                                         "group_by_length (batches of similar length: 1.5x faster "
                                         "on mixed lengths, but it cut a tiny model's held-out score "
                                         "from >=90% to 62%, so it is opt-in), sequential, batch_rebalance.")
+    packing: bool = _opt(False, "Train each batch as one row without padding, the examples kept "
+                         "apart by the attention (flash-attention on CUDA where the model runs it, "
+                         "else SDPA once per example); position ids restart and no example learns "
+                         "the next one's first token. Refused for models that cannot keep them "
+                         "apart (encoder-decoders, ...). sft only.")
     save_strategy: str = _opt("steps", "When to save checkpoints during training (no, steps, epoch); "
                               "the final model is always saved.")
     save_steps: float = _opt(0.25, "Save a checkpoint every N steps; a value below 1 is a fraction "
@@ -185,7 +190,7 @@ class TrainingConfig:
 
 
 # TrainingConfig fields that are ours, not TrainingArguments fields.
-NOT_TRAINING_ARGUMENTS = frozenset({"eval_before", "self_replay", "self_replay_rows",
+NOT_TRAINING_ARGUMENTS = frozenset({"eval_before", "self_replay", "self_replay_rows", "packing",
                                     "self_replay_distill", "retention_probe", "overwrite_output_dir",
                                     "stage", "beta", "num_generations", "max_completion_length",
                                     "reward_funcs", "reward_weights"})

@@ -13,7 +13,8 @@ with the usual cross-entropy. Precomputing the targets needs no second model in 
 for LoRA, QLoRA and full fine-tuning alike, and costs nothing per training step.
 
 `TeacherCollator` pads the targets into flat tensors aligned with the labelled positions of the
-batch, in the order the loss picks them (row by row, left to right).
+batch, in the order the loss picks them (row by row, left to right; a packed row's examples one
+after the other, `train/packing.py`).
 """
 from __future__ import annotations
 
@@ -64,12 +65,10 @@ class TeacherCollator:
     def __call__(self, features):
         teacher = [(f.pop(TEACHER_IDS, None) or [], f.pop(TEACHER_LOGP, None) or []) for f in features]
         batch = self.collate(features)
-        from ..data.preprocessing import IGNORE_INDEX
+        from .packing import scored_positions
 
-        keep = batch["labels"][:, 1:] != IGNORE_INDEX
         ids, logp, mask = [], [], []
-        for row, (t_ids, t_logp) in enumerate(teacher):
-            n = int(keep[row].sum())
+        for n, (t_ids, t_logp) in zip(scored_positions(batch), teacher, strict=True):
             if t_ids and len(t_ids) == n:
                 ids += t_ids
                 logp += t_logp

@@ -1,8 +1,9 @@
 """Training: the `TrainerConfig` protocol and `DefaultTrainerConfig`.
 
 A trainer config makes the `TrainingArguments` and the `Trainer`; data collation and the loss
-stay the Hugging Face pieces (`DataCollatorForSeq2Seq` pads labels with -100, the model computes
-the loss from `labels`), so each can be swapped on its own later.
+stay the Hugging Face pieces (`DataCollatorForSeq2Seq` pads labels with -100, or with packing
+`DataCollatorWithFlattening` puts a batch in one row, `train/packing.py`; the model computes the
+loss from `labels`), so each can be swapped on its own later.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from . import defaults as auto_defaults
 from .distill import TEACHER_IDS, TeacherCollator
 from .loss import trainer_class
 from .meter import tensorboard_available
+from .packing import check_can_pack, packed_implementation, packed_trainer_class, packing_collator
 
 
 def fixed_defaults() -> dict[str, Any]:
@@ -58,17 +60,24 @@ class DefaultTrainerConfig:
     `stage` (sft, dpo, kto, orpo, grpo) picks the trainer: ours for sft, TRL's for the others
     (`train/stages.py`), whose config's fields are then accepted by name too (beta, loss_type,
     num_generations, ...); `reward_funcs` are GRPO's reward functions (`train/rewards.py`).
+    `packing=True` (sft) trains each batch as one row without padding, its examples kept apart
+    by the attention (`train/packing.py`); a model that cannot keep them apart is refused.
     """
 
     # Compute the output layer and loss only at labelled positions (`train/loss.py`); the value
     # equals the Hugging Face loss. Set False on an instance to get the Trainer's own loss.
     labelled_loss = True
 
-    def __init__(self, stage: str = "sft", reward_funcs=None, **training_args: Any):
+    def __init__(self, stage: str = "sft", reward_funcs=None, packing: bool = False, **training_args: Any):
         from ..config.options import STAGES, pass_through_field
 
         if stage not in STAGES:
             raise ConfigError(f"DefaultTrainerConfig: stage={stage!r} must be one of {list(STAGES)}.")
+        if not isinstance(packing, bool):
+            raise ConfigError(f"DefaultTrainerConfig: packing={packing!r} must be True or False.")
+        if packing and stage != "sft":
+            raise ConfigError(f"DefaultTrainerConfig: packing=True packs sft batches; stage={stage!r} "
+                              "trains with TRL's trainer and its own collator. Leave packing out.")
         unknown = sorted(n for n in training_args
                          if n not in training_argument_names() and pass_through_field(n, stage) is None)
         if unknown:
@@ -78,11 +87,12 @@ class DefaultTrainerConfig:
                 f"DefaultTrainerConfig: unknown {where} field(s) {', '.join(hints)}. "
                 "See transformers.TrainingArguments (and TRL's config of the stage) for the valid names."
             )
-        self.stage, self.reward_funcs = stage, reward_funcs
+        self.stage, self.reward_funcs, self.packing = stage, reward_funcs, packing
         self.training_args = training_args
 
     def __repr__(self):
         stage = "" if self.stage == "sft" else f"stage={self.stage!r}, "
+        stage += "packing=True, " if self.packing else ""
         return f"DefaultTrainerConfig({stage}{', '.join(f'{k}={v!r}' for k, v in self.training_args.items())})"
 
     def training_arguments(self, *, output_dir=None, num_train_epochs=None, encoder_decoder=False,
@@ -133,12 +143,20 @@ class DefaultTrainerConfig:
                                        train_dataset=train_dataset, eval_dataset=eval_dataset,
                                        reward_funcs=rewards)
 
-        collator = default_collator(tokenizer, model, encoder_decoder, on_cpu=bool(args.use_cpu))
+        attention = None
+        if self.packing:  # one row per batch; refused where the examples would not stay apart
+            attention = packed_implementation(model)
+            check_can_pack(model, attention)
+            collator = packing_collator()
+        else:
+            collator = default_collator(tokenizer, model, encoder_decoder, on_cpu=bool(args.use_cpu))
         if TEACHER_IDS in getattr(train_dataset, "column_names", ()):  # self-replay distillation
             collator = TeacherCollator(collator)
         cls = Seq2SeqTrainer if encoder_decoder else Trainer
         if self.labelled_loss and not encoder_decoder:
             cls = trainer_class(cls)  # lm_head and loss on labelled positions only (train/loss.py)
+        if attention is not None:
+            cls = packed_trainer_class(cls, attention)  # its steps run the packed attention
         return cls(model=model, args=args, data_collator=collator, train_dataset=train_dataset,
                    eval_dataset=eval_dataset, processing_class=tokenizer)
 
