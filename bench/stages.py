@@ -144,7 +144,8 @@ def main(argv=None) -> int:
         parser.error("--set is for --split validation: the test split reports the defaults only")
     from finetuning_suite.config import scalar
 
-    extra = {k: scalar(v) for k, v in (item.split("=", 1) for item in args.set)}
+    extra = {k: json.loads(v) if v.startswith("[") else scalar(v)
+             for k, v in (item.split("=", 1) for item in args.set)}
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from quality import machine
 

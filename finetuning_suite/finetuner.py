@@ -248,6 +248,7 @@ class FineTuner:
             train_dataset=train_set,
             eval_dataset=prepared.eval if prepared.split.held_out is not None else None,
             encoder_decoder=self.is_encoder_decoder)
+        self.prepared.stats["packed"] = getattr(self.trainer_config, "packed", None)  # as trained
         trainer.add_callback(meter_callback(self.model, train_set, out, args, self.device,
                                             head_everywhere=not uses_labelled_loss(trainer)))
         trainer.add_callback(NonFiniteGuard(self.model, out))

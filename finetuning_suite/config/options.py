@@ -143,11 +143,13 @@ class TrainingConfig:
                                         "group_by_length (batches of similar length: 1.5x faster "
                                         "on mixed lengths, but it cut a tiny model's held-out score "
                                         "from >=90% to 62%, so it is opt-in), sequential, batch_rebalance.")
-    packing: bool = _opt(False, "Train each batch as one row without padding, the examples kept "
-                         "apart by the attention (flash-attention on CUDA where the model runs it, "
-                         "else SDPA once per example); position ids restart and no example learns "
-                         "the next one's first token. Refused for models that cannot keep them "
-                         "apart (encoder-decoders, ...). sft only.")
+    packing: bool | None = _opt(None, "Train each batch as one row without padding, the examples "
+                                "kept apart by the attention (flash-attention on CUDA where the "
+                                "model runs it, else SDPA once per example); position ids restart "
+                                "and no example learns the next one's first token. True: refused "
+                                "for models that cannot keep them apart (encoder-decoders, ...). "
+                                "Empty: packed where the model can keep them apart, else padded "
+                                "(sft; other stages use TRL's collators).")
     save_strategy: str = _opt("steps", "When to save checkpoints during training (no, steps, epoch); "
                               "the final model is always saved.")
     save_steps: float = _opt(0.25, "Save a checkpoint every N steps; a value below 1 is a fraction "
