@@ -33,6 +33,7 @@ import pandas as pd
 from ..config import FinetuneConfig
 from ..errors import ConfigError
 from . import form
+from ..export.api import GGUF_TYPES
 from .charts import line_chart
 from .jobs import JobRegistry
 from .messages import error_markdown, error_text
@@ -43,8 +44,9 @@ from .runs import (LOG_FILE, RESERVED, RunInfo, base_model, log_text, loss_serie
 
 TITLE = "finetuning_suite"
 EMBEDDED_LABEL = "embedded SmolLM2-135M-Instruct"
+# The export kinds of `export.api.GGUF_TYPES`, each with the merged folder it is made from.
 EXPORT_KINDS = {"merged model folder": (True, None), "adapter only": (False, None),
-                "GGUF f16 (+ merged folder)": (True, "f16"), "GGUF q8_0 (+ merged folder)": (True, "q8_0")}
+                **{f"GGUF {kind} (+ merged folder)": (True, kind) for kind in GGUF_TYPES}}
 DATA_SUFFIXES = [".jsonl", ".json", ".csv", ".parquet", ".txt"]
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 LOG_LINES = 15
