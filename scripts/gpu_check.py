@@ -1,7 +1,11 @@
 """CUDA path check: 4-bit load, generate and LoRA training steps on a GPU, with models built from
-configs (the embedded model's 98 MB GGUF cannot travel to the device machine).
+configs (the embedded model's 98 MB GGUF cannot travel to the device machine); and packing's
+parity there: a packed batch's loss and gradients against the examples run one by one, with the
+attention packing picks on that device (flash-attention's varlen kernels when the model runs
+flash_attention_2, else packed_sdpa).
 
     FINETUNING_SUITE_TEST_TOKENIZER=<tokenizer folder> python scripts/gpu_check.py
+    python scripts/gpu_check.py --packing-only        # the packing check alone (CPU without CUDA)
 
 Prints one JSON line per check and exits non-zero if any check fails.
 """
@@ -81,12 +85,53 @@ def check(kind: str, root: Path) -> dict:
     }
 
 
+def packing_check(root: Path, device: str) -> dict:
+    """Packed vs one-by-one loss and gradients on the llama shapes above, fp32, on `device`."""
+    from finetuning_suite.train import packing
+
+    started = time.time()
+    path = build("llama", root / "llama_packing")
+    model = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
+    implementation = packing.packed_implementation(model)
+    g = torch.Generator().manual_seed(1)
+    rows = []
+    for n in (5, 17, 9, 30, 200):
+        ids = torch.randint(1, model.config.vocab_size, (n,), generator=g).tolist()
+        rows.append({"input_ids": ids, "labels": [-100] * (n // 3) + ids[n // 3:]})
+    n_items = sum(sum(t != -100 for t in r["labels"][1:]) for r in rows)
+
+    def grads():
+        out = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+        model.zero_grad(set_to_none=True)
+        return out
+    loss0 = 0.0
+    for r in rows:
+        out = model(input_ids=torch.tensor([r["input_ids"]], device=device),
+                    labels=torch.tensor([r["labels"]], device=device), num_items_in_batch=n_items, use_cache=False)
+        out.loss.backward()
+        loss0 += out.loss.item()
+    g0 = grads()
+    batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in packing.packing_collator()(rows).items()}
+    with packing.attention(model, implementation):
+        out = model(**batch, num_items_in_batch=n_items, use_cache=False)
+        out.loss.backward()
+    g1 = grads()
+    worst = max(float((g0[n] - g1[n]).abs().max()) for n in g0)
+    return {"check": f"packing parity on {device}", "attention": implementation,
+            "loss_unpacked": round(loss0, 6), "loss_packed": round(out.loss.item(), 6),
+            "max_grad_diff": worst, "seconds": round(time.time() - started, 1),
+            "ok": abs(loss0 - out.loss.item()) <= 1e-4 * max(1.0, abs(loss0)) and worst <= 1e-4}
+
+
 def main() -> int:
-    print(json.dumps({"torch": torch.__version__, "cuda": torch.cuda.is_available()}), flush=True)
+    cuda = torch.cuda.is_available()
+    print(json.dumps({"torch": torch.__version__, "cuda": cuda}), flush=True)
     root = Path(tempfile.mkdtemp())
     ok = True
-    for kind in ("llama", "gpt2"):
-        result = check(kind, root)
+    checks = [] if "--packing-only" in sys.argv else [lambda: check("llama", root), lambda: check("gpt2", root)]
+    checks.append(lambda: packing_check(root, "cuda" if cuda else "cpu"))
+    for run in checks:
+        result = run()
         ok &= result["ok"]
         print(json.dumps(result), flush=True)
     return 0 if ok else 1
