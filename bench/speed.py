@@ -12,13 +12,16 @@ alike; the tables give the median of the rounds and the spread (lowest-highest).
 Configurations, named for exactly what runs:
 
 - `ours_defaults`: `FineTuner(dataset_name=rows).train()` and nothing else: every default of the
-  package (all-linear LoRA with dropout 0.05, self-replay generated before training, epochs,
-  batch, learning rate and schedule from the data, the eval split, the final save and report).
+  package (all-linear LoRA with dropout 0.05, packing where the model allows, self-replay
+  (48 rows, distilled) and the retention probe, their base answers cached after a first run,
+  epochs, batch, learning rate and schedule from the data, the eval split, the final save and
+  report).
 - `ours_all_linear_b8`: the defaults' adapter (all-linear, dropout 0.05) without self-replay,
   at batch 8 for `--steps` steps: what the adapter itself costs.
 - `ours_qv`, `ours_qv_bf16`: `FineTuner` with the bare adapter (LoRA r=16/alpha=32 on q_proj and
-  v_proj, no dropout), no self-replay, batch 8, constant learning rate 1e-3, no warm-up, `--steps`
-  steps; the second with `bf16=True` (bf16 autocast, fp32 master weights).
+  v_proj, no dropout), no self-replay, no retention probe, batch 8, constant learning rate 1e-3,
+  no warm-up, `--steps` steps, packed (the package's default where the model allows); the second
+  with `bf16=True` (bf16 autocast, fp32 master weights).
 - `ours_qlora_qv`: the same adapter on the 4-bit NF4 base (`quantize=True`).
 - `hf_trainer_qv`, `hf_trainer_qv_bf16`: plain transformers `Trainer` + PEFT with the same
   adapter and settings, dynamic padding (`DataCollatorForSeq2Seq`), the Trainer's own loss.
@@ -191,7 +194,7 @@ def run_config(name: str, out: str) -> dict:
             settings = _bare_args(out, **({"bf16": True} if name == "ours_qv_bf16" else {}))
             adapter = (dict(lora_target_modules="all-linear") if name == "ours_all_linear_b8" else
                        dict(lora_target_modules=QV["target_modules"], lora_dropout=0.0))
-            ft = FineTuner(device="cpu", dataset_name=rows, self_replay=False, trainer_config=Measured(**settings),
+            ft = FineTuner(device="cpu", dataset_name=rows, self_replay=False, retention_probe=False, trainer_config=Measured(**settings),
                            quantize=name == "ours_qlora_qv", max_seq_length=MAX_LENGTH, eval_fraction=0,
                            **adapter)
         model = ft.model
