@@ -167,3 +167,12 @@ def test_probes_are_read_back_from_disk(tiny_llama, tmp_path, cache, monkeypatch
 def test_memory_available_reads_the_machine():
     free = machine.memory_available("cpu")
     assert machine.process_rss() < free <= machine.process_rss() + (machine._meminfo().get("MemTotal") or free)
+
+
+def test_estimate_without_a_trainer(tiny_gpt2, tmp_path, cache):
+    """Any model and tokenized rows: the model's own loss, rows padded here."""
+    ft = FineTuner(tiny_gpt2, dataset_name="facts", **SMALL)
+    args, trainer = built(ft, tmp_path)
+    est = estimate.estimate_run(ft.model, args, ft.prepared.train, method="lora")
+    assert est.memory.activations > 0 and est.time.source == "calibrated"
+    assert est.memory.activations_other < est.memory.activations  # GPT-2's blocks found

@@ -40,10 +40,10 @@ other setting's figure from the same step.
 Time: steps x seconds per step. The steps are the Trainer's count (max_steps, else epochs x
 batches per epoch / accumulation). The seconds per step come from a calibration: one real
 forward + backward on a batch of the data at the run's batch size (after the memory probe,
-which is the warm-up), timed; its rate in useful FLOP/s (`meter.useful_flops` over the batch's
-padded tokens: padding costs compute) prices every batch of an epoch as the sampler draws them
-from the data's lengths; the optimizer step and gradient clipping are timed on stand-in tensors
-of the trainable parameters' shapes and added. Why a timed step and not the matmul peak times
+which is the warm-up), timed twice, the faster kept; its rate in useful FLOP/s
+(`meter.useful_flops` over the batch's padded tokens: padding costs compute) prices every batch
+of an epoch as the sampler draws them from the data's lengths; the optimizer step and gradient
+clipping are timed on stand-in tensors of the trainable parameters' shapes and added. Why a timed step and not the matmul peak times
 an efficiency: the efficiency is not a constant of the machine. On the bench's 2-core CPU the
 embedded model's default step reaches ~40% of the fp32 matmul peak with all-linear LoRA and
 dropout, ~60% with full fine-tuning and ~3% of the bf16 peak with QLoRA (dequantizing 4-bit
@@ -87,7 +87,9 @@ GIB = 2 ** 30
 DEFAULT_EFFICIENCY = 0.2   # fraction of the matmul peak assumed when nothing was calibrated here
 SIMULATED_BATCHES = 256    # batches of an epoch drawn to price a step (more: the first ones)
 OPTIMIZER_SAMPLE = 16_000_000  # stand-in elements the optimizer step is timed on (beyond the caches)
-CALIBRATION_VERSION = 2       # of what a cached calibration holds: older ones are not read
+TIMED_REPEATS = 2          # the timed step runs twice, the faster counts: the first run of a
+                           # full batch still allocates, and a busy machine's spikes pass
+CALIBRATION_VERSION = 3       # of what a cached calibration holds: older ones are not read
 PLACEHOLDER_ANSWER = " ".join(["word"] * 24)  # a dry run's stand-in for a self-replay answer
 
 
@@ -284,7 +286,6 @@ def optimizer_state_bytes(model, optim) -> tuple[int, str]:
     name = str(getattr(optim, "value", optim)).lower()
     params = [p for p in model.parameters() if p.requires_grad]
     numel = sum(p.numel() for p in params)
-    size = max((p.element_size() for p in params), default=4)
     states = 1 if any(k in name for k in ("lion", "adagrad", "rmsprop")) else 2
     if "sgd" in name or "lomo" in name:
         return 0, f"{name}: no state"
@@ -294,7 +295,8 @@ def optimizer_state_bytes(model, optim) -> tuple[int, str]:
     if "8bit" in name:
         return states * numel + states * numel // 256 * 4, f"{name}: {states} 8-bit states per trainable parameter"
     dtype = str(next((p.dtype for p in params), torch.float32)).removeprefix("torch.")
-    return states * numel * size, f"{name}: {states} {dtype} states per trainable parameter"
+    return states * sum(p.numel() * p.element_size() for p in params), \
+        f"{name}: {states} {dtype} states per trainable parameter"
 
 
 # -- measuring activations ------------------------------------------------------------------------
@@ -305,9 +307,10 @@ class LiveStorage(TorchDispatchMode):
     (`grads`) from the activations (`live`): in the backward (`backward` set), a tensor of a
     trainable parameter's shape (`grad_shapes`) is a gradient or a part of one (a tied weight's
     two contributions wait in the autograd engine until both are made), and a storage that
-    becomes a `.grad` (`grad_of`, a post-accumulate-grad hook) moves there too. `peak`: the most activation bytes at once;
-    `peaks[k]`: the most of `k * activations + gradients` at once, the peak of a batch of k rows
-    when one row was run (activations scale with the rows, gradients do not)."""
+    becomes a `.grad` (`grad_of`, a post-accumulate-grad hook) moves there too. `peak`: the
+    most activation bytes at once; `peaks[k]`: the most of `k * activations + gradients` at
+    once, the peak of a batch of k rows when one row was run (activations scale with the rows,
+    gradients do not)."""
 
     def __init__(self, skip=(), multiples=(1,), grad_shapes=()):
         super().__init__()
@@ -375,8 +378,8 @@ def repeated_blocks(model) -> list[torch.nn.Module]:
             if sum(p.numel() for p in children[0].parameters()) > 0:
                 blocks.extend(children)
     # nested lists (a block holding a ModuleList of experts or LoRA layers) belong to the block
-    outer = [b for b in blocks if not any(b is not o and any(b is m for m in o.modules()) for o in blocks)]
-    return outer
+    inside = {id(m) for b in blocks for m in b.modules() if m is not b}
+    return [b for b in blocks if id(b) not in inside]
 
 
 class _BlockMeter:
@@ -472,12 +475,7 @@ class _Step:
         if trainer is not None and hasattr(trainer, "_remove_unused_columns"):
             dataset = trainer._remove_unused_columns(dataset)
         self.dataset = dataset
-        if trainer is not None:
-            self.collator = trainer.data_collator
-        else:
-            from transformers import DataCollatorForSeq2Seq
-
-            self.collator = DataCollatorForSeq2Seq(None, label_pad_token_id=-100)
+        self.collator = trainer.data_collator if trainer is not None else _pad_rows
 
     def collate(self, rows: list[int]) -> dict:
         return self.collator([self.dataset[i] for i in rows])
@@ -509,6 +507,14 @@ class _Step:
         if before_backward is not None:
             before_backward()
         loss.backward()
+
+
+def _pad_rows(rows: list[dict]) -> dict:
+    """Rows padded on the right to the longest (input_ids 0, attention_mask 0, labels -100)."""
+    longest = max(len(r["input_ids"]) for r in rows)
+    fill = {"input_ids": 0, "attention_mask": 0, "labels": -100}
+    return {k: torch.tensor([list(r[k]) + [pad] * (longest - len(r[k])) for r in rows])
+            for k, pad in fill.items() if k in rows[0]}
 
 
 @contextlib.contextmanager
@@ -784,7 +790,7 @@ def _calibrate(step, model, args, device, longest, batches, flops, memory, batch
             return out
         typical = sorted(range(len(flops)), key=flops.__getitem__)[len(flops) // 2]
         try:
-            seconds = time_step(step, batches[typical])
+            seconds = time_step(step, batches[typical], repeats=TIMED_REPEATS)
             out["optimizer_seconds"] = optimizer_seconds(model, args)
         except oom:
             out["error"] = "a batch did not fit in memory when timed."
