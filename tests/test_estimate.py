@@ -176,3 +176,12 @@ def test_estimate_without_a_trainer(tiny_gpt2, tmp_path, cache):
     est = estimate.estimate_run(ft.model, args, ft.prepared.train, method="lora")
     assert est.memory.activations > 0 and est.time.source == "calibrated"
     assert est.memory.activations_other < est.memory.activations  # GPT-2's blocks found
+
+
+def test_the_cache_keeps_the_newest_entries_of_a_kind(cache, monkeypatch):
+    monkeypatch.setattr(machine, "KEEP_PER_KIND", 3)
+    machine.store_value("matmul_peak/float32", "cpu", 1.0)
+    for i in range(5):
+        machine.store_value(f"calibration/{i}", "cpu", {"i": i})
+    (entry,) = json.loads(cache.read_text())["machines"].values()
+    assert list(entry["probes"]) == ["matmul_peak/float32", "calibration/2", "calibration/3", "calibration/4"]

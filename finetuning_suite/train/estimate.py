@@ -804,9 +804,7 @@ def _resident_now() -> int:
     """This process's resident memory once the C allocator has handed back what is free (glibc
     keeps freed blocks; the probe's activations would otherwise count as runtime)."""
     import ctypes
-    import gc
 
-    gc.collect()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):

@@ -13,7 +13,8 @@ cached on disk so a second run does not measure them again.
   process's resident memory (the run's weights are already part of it).
 
 The file is read and written whole (a write goes through a temporary file renamed into place);
-two processes probing at once can lose one of the two entries, never corrupt the file.
+two processes probing at once can lose one of the two entries, never corrupt the file. Of each
+kind of entry (`matmul_peak/...`, `calibration/...`) the newest `KEEP_PER_KIND` are kept.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 CACHE_FILE = "machine.json"
 _VERSION = 1
+KEEP_PER_KIND = 64  # entries of one kind (the name before its first "/") kept per machine, newest
 
 
 def cache_file() -> Path:
@@ -91,7 +93,13 @@ def store_value(name: str, device: str, value) -> None:
     from .runinfo import write_json_atomic
 
     data = _read()
-    _entry(data, device)["probes"][name] = value
+    probes = _entry(data, device)["probes"]
+    probes.pop(name, None)
+    probes[name] = value  # newest last
+    kind = name.split("/", 1)[0] + "/"
+    same = [k for k in probes if k.startswith(kind)]
+    for old in same[:max(0, len(same) - KEEP_PER_KIND)]:
+        del probes[old]
     try:
         write_json_atomic(cache_file(), data)
     except OSError as exc:
