@@ -35,6 +35,7 @@ from .model.methods import prepare_model, trainable_summary
 from .run_settings import RunSettings
 from .train import defaults as auto_defaults
 from .train.distill import add_teacher_targets, without_targets
+from .train.estimate import before_training
 from .train.rewards import reward_functions
 from .train.stages import drop_reference_adapter, stage_settings
 from .train.guards import NonFiniteGuard, StopFileCallback, run_trainer
@@ -249,6 +250,7 @@ class FineTuner:
             eval_dataset=prepared.eval if prepared.split.held_out is not None else None,
             encoder_decoder=self.is_encoder_decoder)
         self.prepared.stats["packed"] = getattr(self.trainer_config, "packed", None)  # as trained
+        self.estimate = before_training(self, trainer, args)  # logged; kept in the run record
         trainer.add_callback(meter_callback(self.model, train_set, out, args, self.device,
                                             head_everywhere=not uses_labelled_loss(trainer)))
         trainer.add_callback(NonFiniteGuard(self.model, out))

@@ -192,6 +192,16 @@ def test_bad_input_is_a_message_and_writes_nothing(web, page):
     fill(page, "knob-dataset_name", str(web["workspace"] / "datasets" / "sums.jsonl"))
 
 
+def test_estimate_shows_the_dry_run_and_writes_nothing(web, page):
+    if not page.input_value("#knob-dataset_name input"):  # run alone: no upload before
+        fill(page, "knob-dataset_name", str(web["data"]))
+    page.click("#estimate")
+    text = wait_text(page, "#estimate-box", "Estimate for this run", timeout=WAIT_MS)
+    assert "peak memory" in text and "activations" in text and "steps x" in text
+    no_traceback(page)
+    assert [p.name for p in web["workspace"].glob("*") if p.name != "datasets"] == []  # no run folder
+
+
 def test_start_watch_and_finish(web, page):
     fill(page, "run-name", "first")
     page.click("#start")

@@ -2,6 +2,7 @@
 
     finetune train --config recipes/smollm2_lora.yaml --num_train_epochs 1
     finetune train --dataset_name iso_dates --output_dir runs/iso --print_config
+    finetune train --dataset_name iso_dates --dry_run      # the estimate: memory and time
     finetune eval --model_id runs/iso --limit 20
     finetune generate --model_id runs/iso --prompt "Rewrite as ISO 8601: May 1, 2020"
     finetune chat --model_id runs/iso
@@ -65,6 +66,9 @@ class TrainCliArguments:
 
     resume: bool = field(default=False, metadata={"help": "Continue the run in output_dir from its "
                          "latest checkpoint (the same as --resume_from_checkpoint true)."})
+    dry_run: bool = field(default=False, metadata={"help": "Load the model, prepare the data, print "
+                          "the estimate of the run's peak memory and time, and exit: nothing is "
+                          "trained, output_dir is not written."})
 
 
 @dataclass
@@ -254,6 +258,12 @@ def cmd_train(config: FinetuneConfig, options: dict) -> int:
     from ..finetuner import FineTuner
 
     ft = FineTuner.from_config(config)
+    if options.get("dry_run"):
+        from ..train.estimate import dry_run
+
+        estimate = dry_run(ft)
+        print(estimate.text())
+        return 0
     out = config.training.output_dir
     try:
         metrics = ft.train(eval_before=config.training.eval_before,

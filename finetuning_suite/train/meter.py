@@ -350,10 +350,11 @@ def measure_matmul_peak(dtype: torch.dtype = torch.float32, device: str | torch.
     repeat = 1 if dev.type == "cpu" else 10  # amortise the sync on accelerators
     budget = max(seconds, 0.0) / len(sizes)
     best = 0.0
+    gen = torch.Generator(device=dev).manual_seed(0)  # the run's own random state is left alone
     with torch.no_grad():
         for n in sizes:
-            a = torch.randn(n, n, dtype=dtype, device=dev)
-            b = torch.randn(n, n, dtype=dtype, device=dev)
+            a = torch.randn(n, n, dtype=dtype, device=dev, generator=gen)
+            b = torch.randn(n, n, dtype=dtype, device=dev, generator=gen)
             out = torch.empty(n, n, dtype=dtype, device=dev)
             _sync(dev)
             deadline, runs = time.perf_counter() + budget, 0
@@ -381,11 +382,18 @@ def _sync(dev: torch.device) -> None:
 
 @functools.lru_cache(maxsize=None)
 def _cached_peak(dtype: torch.dtype, device: str) -> float | None:
-    try:
-        return measure_matmul_peak(dtype=dtype, device=device)
-    except Exception as exc:  # noqa: BLE001 - a meter must never stop a run
-        logger.info("Matmul peak probe failed (%s); MFU will not be reported.", exc)
-        return None
+    """`measure_matmul_peak` of `dtype` on `device`, probed once per machine: kept in the
+    machine cache on disk (`train/machine.py`), so a later run reads it instead of probing."""
+    from .machine import cached_probe
+
+    def measure():
+        try:
+            return measure_matmul_peak(dtype=dtype, device=device)
+        except Exception as exc:  # noqa: BLE001 - a meter must never stop a run
+            logger.info("Matmul peak probe failed (%s); MFU will not be reported.", exc)
+            return None
+
+    return cached_probe(f"matmul_peak/{str(dtype).removeprefix('torch.')}", str(device), measure)
 
 
 def example_counts(dataset) -> dict:
@@ -400,7 +408,7 @@ def meter_callback(model, train_dataset, output_dir, args, device: str, *,
                    head_everywhere: bool) -> RunReportCallback:
     """The callback every `FineTuner.train()` run gets: useful FLOPs per real token of this
     training set (`useful_flops`), and the matmul peak of the precision the run computes in,
-    probed once per process."""
+    probed once per machine (`_cached_peak`)."""
     if "input_ids" not in getattr(train_dataset, "column_names", ()):
         # rows TRL tokenizes itself (preference and reward stages): tokens/s only, no FLOPs count
         return RunReportCallback(output_dir)

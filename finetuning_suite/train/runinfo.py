@@ -106,6 +106,7 @@ def run_record(ft, resolved, training_args=None, metrics: dict | None = None) ->
                               * training_args.gradient_accumulation_steps * training_args.world_size)
         if training_args is not None else None,
         "metrics": _trimmed(metrics),
+        "estimate": getattr(ft, "estimate", None),  # made before training (train/estimate.py)
         "versions": library_versions(),
     }
 

@@ -7,6 +7,7 @@ Five tabs over one workspace folder of runs:
   whole resolved configuration as editable YAML ("Advanced"), and Start: the configuration is
   validated here (and the dataset, the model's tokenizer and the first rows checked) before
   anything is written, then `jobs` runs `python -m finetuning_suite train` in its own process.
+  Estimate shows what `finetune train --dry_run` prints: the run's peak memory and time.
 - Watch: step, ETA, tokens/s, train/eval loss curve and the log of a run, refreshed every
   second from its files; Stop (a checkpoint, then the normal final save) and Resume.
 - Runs: every run folder in the workspace with its numbers; two side by side (loss curves,
@@ -35,7 +36,7 @@ from ..errors import ConfigError
 from . import form
 from ..export.api import GGUF_TYPES
 from .charts import line_chart
-from .jobs import JobRegistry
+from .jobs import JobRegistry, dry_run_text
 from .messages import error_markdown, error_text
 from .models import ModelCache
 from .preview import PREVIEW_ROWS, Preview, TokenizerCache, check_model_settings, preview
@@ -336,7 +337,9 @@ def create_app(config: FinetuneConfig | None = None, workspace="runs", *, device
                     run_name = gr.Textbox(label="Run name", elem_id="run-name", max_lines=1, scale=3,
                                           info="The run's folder in the workspace. Empty: the "
                                                "dataset's name and the time.")
+                    estimate_button = gr.Button("Estimate memory and time", elem_id="estimate", scale=1)
                     start_button = gr.Button("Start training", variant="primary", elem_id="start", scale=1)
+                estimate_box = gr.Markdown(elem_id="estimate-box")
             # ---------------------------------------------------------------- Watch
             with gr.Tab("Watch", id="watch"):
                 with gr.Row(equal_height=True):
@@ -485,7 +488,15 @@ def create_app(config: FinetuneConfig | None = None, workspace="runs", *, device
             return (note, gr.Tabs(selected="watch"),
                     gr.Dropdown(choices=[i.name for i in infos], value=name), None)
 
+        def estimate(yaml_text, *values):
+            try:
+                config = form.build_config(current_flat(yaml_text, values))
+                return f"```text\n{dry_run_text(config)}\n```", ""
+            except Exception as exc:  # noqa: BLE001
+                return "", error_markdown(error_text(exc))
+
         start_button.click(start, [advanced, run_name, *knob_list], [message, tabs, watch_run, run_name])
+        estimate_button.click(estimate, [advanced, *knob_list], [estimate_box, message])
         for name in knob_names:
             widget = knobs[name]
             events = [widget.input] if not isinstance(widget, gr.Textbox) else [widget.blur, widget.submit]

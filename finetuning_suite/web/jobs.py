@@ -166,6 +166,32 @@ class JobRegistry:
         return code
 
 
+ESTIMATE_TIMEOUT_S = 900
+
+
+def dry_run_text(config: FinetuneConfig, timeout: float = ESTIMATE_TIMEOUT_S) -> str:
+    """The estimate `finetune train --dry_run` prints for `config` (already validated), made in
+    a process of its own (it loads the model and times a step): the page's Estimate button."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="finetune-estimate-") as tmp:
+        config_file = Path(tmp) / JOB_CONFIG
+        write_text_atomic(config_file, config.to_yaml())
+        command = [sys.executable, "-m", "finetuning_suite", "train", "--config", str(config_file), "--dry_run"]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+                                  stdin=subprocess.DEVNULL, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        except subprocess.TimeoutExpired:
+            raise ConfigError(f"the estimate took more than {timeout:.0f} s; try `finetune train --config "
+                              "... --dry_run` in a terminal.") from None
+    if done.returncode != 0:
+        errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+        raise ConfigError(errors[-1].removeprefix("error:").strip() if errors else
+                          f"the estimate failed (exit status {done.returncode}): {done.stderr[-500:]}")
+    text = done.stdout
+    return text[text.find("Estimate for this run"):] if "Estimate for this run" in text else text
+
+
 def training_started(run_dir: Path) -> bool:
     """Whether the latest attempt has begun its training loop (metrics.jsonl has its start)."""
     started = (_last_attempt(run_dir) or {}).get("started") or 0.0
