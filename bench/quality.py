@@ -70,7 +70,9 @@ def facts12_success(ft) -> dict:
     rows = [json.loads(line) for line in FACTS12.read_text().splitlines() if line.strip()]
     replies = [ft.generate(r["prompt"], 16) for r in rows]
     right = sum(r["completion"].lower() in reply.lower() for r, reply in zip(rows, replies))
-    return {"exact_match": right / len(rows), "chrf": None, "eos_rate": None, "n": len(rows)}
+    return {"exact_match": right / len(rows), "chrf": None, "eos_rate": None, "n": len(rows),
+            "samples": [{"prompt": r["prompt"], "expected": r["completion"], "generated": reply}
+                        for r, reply in zip(rows, replies)]}
 
 
 def run_one(task: str, method: str, questions: list[dict]) -> dict:

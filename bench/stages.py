@@ -6,7 +6,8 @@
 - `concise` (DPO): everyday questions whose answer is a word or two; the base model answers in
   long, chatty replies (the rejected style). Run: `FineTuner(dataset_name="concise",
   stage="dpo", max_length=64).train()`. Measure: the share of held-out prompts answered in the
-  preferred style (at most `SHORT_WORDS` words, and the expected word in it).
+  preferred style (at most `SHORT_WORDS` words); "right": in that style and with the expected
+  word.
 - `sums` (GRPO): "What is 7 plus 5? Answer with just the number."; the base model answers in
   sentences or wrongly. Run: `FineTuner(dataset_name="sums", stage="grpo",
   reward_funcs=["exact_match:answer"], max_length=64).train()`. Measure: the share of held-out
@@ -51,12 +52,14 @@ def test_rows(task: str) -> list[dict]:
 def task_measure(task: str, rows: list[dict], outs) -> dict:
     """Share of held-out prompts answered as the task wants, and the EOS rate."""
     texts = [o.text.strip() for o in outs]
-    if task == "concise":
-        ok = [len(t.split()) <= SHORT_WORDS and r["chosen"].rstrip(".").lower() in t.lower()
-              for r, t in zip(rows, texts)]
+    extra = {}
+    if task == "concise":  # success: the preferred style (a short answer); right: and the expected word
+        ok = [len(t.split()) <= SHORT_WORDS for t in texts]
+        right = [k and r["chosen"].rstrip(".").lower() in t.lower() for k, r, t in zip(ok, rows, texts)]
+        extra["right"] = sum(right) / len(rows)
     else:
         ok = [t == str(r["answer"]) for r, t in zip(rows, texts)]
-    return {"success": sum(ok) / len(rows), "n": len(rows),
+    return {"success": sum(ok) / len(rows), "n": len(rows), **extra,
             "eos_rate": sum(bool(o.finished_with_eos) for o in outs) / len(outs),
             "samples": [{"prompt": r["prompt"], "answer": t} for r, t in zip(rows[:5], texts[:5])]}
 
@@ -111,8 +114,10 @@ def write_markdown(data: dict) -> None:
         t = r["retention_test"]
         share = f" ({100 * t['kept'] / t['base_right']:.0f}%)" if t["base_right"] else ""
         run = ", ".join(f"{k}={v}" for k, v in r["settings"].items())
+        right = (f" (right: {100 * r['before']['right']:.0f}% → {100 * r['after']['right']:.0f}%)"
+                 if "right" in r["after"] else "")
         lines.append(f"| {r['task']} | {run} | {100 * r['before']['success']:.0f}% → "
-                     f"{100 * r['after']['success']:.0f}% of {r['after']['n']} | "
+                     f"{100 * r['after']['success']:.0f}% of {r['after']['n']}{right} | "
                      f"{100 * r['after']['eos_rate']:.0f}% | {t['kept']}/{t['base_right']}{share} | "
                      f"{r['trainer_seconds']:.0f} | {r['wall_seconds']:.0f} |")
     lines += ["", "Samples after training (first five test prompts):", ""]
