@@ -26,7 +26,7 @@ from .data.sources import load_source, split_dataset
 from .errors import ConfigError, DatasetError, Problems
 from .infer.answer_cache import cached_answers
 from .infer.generation import finished_answers
-from .infer.retention import answer, probe_items, retention
+from .infer.retention import answer, probe_items, retention, score
 from .infer.stage_eval import evaluate_stage
 from .model.facts import is_encoder_decoder
 from .model.loading import load_pretrained
@@ -267,7 +267,9 @@ class FineTuner:
             after = self._evaluate_prepared(prepared, reference=before)
             metrics.update(before=before, after=after, eval_split=prepared.split.kind)
         if probe:
-            kept = retention(probe, probe_before, self._probe(probe))
+            # a model that answered none right before has nothing to keep: no second asking
+            after_replies = self._probe(probe) if any(score(probe, probe_before)) else probe_before
+            kept = retention(probe, probe_before, after_replies)
             metrics["retention"] = kept.to_dict()
             logger.info("Retention probe: %s.", kept.line())
             if kept.warning():
@@ -336,8 +338,9 @@ class FineTuner:
         an unchanged model are kept across runs, `infer/answer_cache.py`)."""
         if not items:
             return []
-        def ask(chosen):
-            return answer(chosen, self.model, self.tokenizer, self.device, self.chat_format)
+        def ask(chosen):  # one batch: 64 decoding steps for all 40, not three batches' 192
+            return answer(chosen, self.model, self.tokenizer, self.device, self.chat_format,
+                          batch_size=len(chosen))
         if not cache:
             return ask(items)
         from .infer.retention import PROBE_MAX_NEW_TOKENS

@@ -38,7 +38,7 @@ def _adapter(folder) -> dict:
 
 
 def test_dpo_starts_at_ln2_and_its_margin_rises(tiny_llama, tmp_path):
-    ft = FineTuner(tiny_llama, device="cpu", dataset_name=PREFS, stage="dpo", max_steps=8,
+    ft = FineTuner(tiny_llama, device="cpu", dataset_name=PREFS, stage="dpo", max_steps=8, loss_type="sigmoid",
                    learning_rate=5e-3, per_device_train_batch_size=4, logging_steps=1, warmup_steps=0,
                    save_strategy="no", lora_dropout=0.0)
     metrics = ft.train(tmp_path / "dpo")
