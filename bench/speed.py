@@ -12,15 +12,14 @@ alike; the tables give the median of the rounds and the spread (lowest-highest).
 Configurations, named for exactly what runs:
 
 - `ours_defaults`: `FineTuner(dataset_name=rows).train()` and nothing else: every default of the
-  package (all-linear LoRA with dropout 0.05, packing where the model allows, self-replay
-  (48 rows, distilled) and the retention probe, their base answers cached after a first run,
-  epochs, batch, learning rate and schedule from the data, the eval split, the final save and
-  report).
+  package (all-linear LoRA with dropout 0.05, self-replay and the retention probe, their base
+  answers cached after a first run, epochs, batch, learning rate and schedule from the data,
+  the eval split, the final save and report).
 - `ours_all_linear_b8`: the defaults' adapter (all-linear, dropout 0.05) without self-replay,
   at batch 8 for `--steps` steps: what the adapter itself costs.
 - `ours_qv`, `ours_qv_bf16`: `FineTuner` with the bare adapter (LoRA r=16/alpha=32 on q_proj and
   v_proj, no dropout), no self-replay, no retention probe, batch 8, constant learning rate 1e-3,
-  no warm-up, `--steps` steps, packed (the package's default where the model allows); the second
+  no warm-up, `--steps` steps; the second
   with `bf16=True` (bf16 autocast, fp32 master weights).
 - `ours_qlora_qv`: the same adapter on the 4-bit NF4 base (`quantize=True`).
 - `hf_trainer_qv`, `hf_trainer_qv_bf16`: plain transformers `Trainer` + PEFT with the same

@@ -3,8 +3,8 @@ import pytest
 
 from finetuning_suite.data.replay import REPLAY_PROMPTS, self_replay_rows
 from finetuning_suite.data.replay import pool_prompts
-from finetuning_suite.train.defaults import (MAX_EPOCHS, METHODS, REPLAY_ROW_TOKENS, REPLAY_ROWS, TOKEN_BUDGET,
-                                             choose_defaults)
+from finetuning_suite.train.defaults import (MAX_EPOCHS, METHODS, REPLAY_MAX, REPLAY_MIN, REPLAY_ROW_TOKENS,
+                                             TOKEN_BUDGET, choose_defaults)
 
 SIZES = [1, 10, 12, 50, 72, 100, 199, 200, 300, 499, 500, 1000, 5000]
 
@@ -19,7 +19,7 @@ def test_shape_and_ranges(method):
         assert 1 <= t["num_train_epochs"] <= MAX_EPOCHS
         assert t["per_device_train_batch_size"] in (4, 8) and t["gradient_accumulation_steps"] == 1
         assert 0 < t["warmup_steps"] < 1 and t["lr_scheduler_type"] == "cosine"
-        assert d["replay_rows"] == REPLAY_ROWS
+        assert REPLAY_MIN <= d["replay_rows"] <= REPLAY_MAX
         assert method in d["summary"] and str(n) in d["summary"]
         if method == "full":
             assert d["lora"] is None and t["learning_rate"] <= 1e-4
@@ -117,4 +117,5 @@ def test_replay_prompts_are_not_the_benchmark_questions():
     general = Path(__file__).resolve().parent.parent / "finetuning_suite" / "data" / "builtin" / "general.jsonl"
     held_out = {json.loads(line)["prompt"] for line in general.read_text().splitlines() if line.strip()}
     assert held_out and not held_out & set(REPLAY_PROMPTS) and not held_out & set(pool_prompts())
-    assert len(set(pool_prompts())) == len(pool_prompts()) >= REPLAY_ROWS
+    assert len(set(REPLAY_PROMPTS)) == len(REPLAY_PROMPTS) >= REPLAY_MAX
+    assert len(set(pool_prompts())) == len(pool_prompts()) >= REPLAY_MAX

@@ -254,18 +254,17 @@ def test_self_replay_end_to_end_on_a_tiny_chat_model(tiny_llama, tmp_path):
     """A tiny chat model first taught to answer the replay prompts with "okay." then trained on
     new data with self-replay: the replay rows are its own answers, tokenized through its chat
     template, and they join the training rows."""
-    from finetuning_suite.data.replay import pool_prompts
-    from finetuning_suite.train.defaults import REPLAY_ROWS
+    from finetuning_suite.data.replay import REPLAY_PROMPTS
 
-    teach = [{"prompt": p, "completion": "okay."} for p in pool_prompts()[:REPLAY_ROWS]]
+    teach = [{"prompt": p, "completion": "okay."} for p in REPLAY_PROMPTS[:32]]
     FineTuner(tiny_llama, device="cpu", dataset_name=teach, self_replay=False, method="full",
               learning_rate=1e-2, num_train_epochs=10, save_strategy="no", eval_fraction=0
               ).train(tmp_path / "taught")
     ft = FineTuner(str(tmp_path / "taught"), device="cpu", method="lora",
                    dataset_name=_write(tmp_path / "p.jsonl", PAIRS), max_steps=2, save_strategy="no")
-    assert ft.generate(pool_prompts()[0], 8) == "okay."
+    assert ft.generate(REPLAY_PROMPTS[0], 8) == "okay."
     ft.train(tmp_path / "run")
     added = ft.data_stats["self_replay_rows"]
-    assert added == REPLAY_ROWS  # every answer finished with EOS
+    assert added >= 16  # replay_count(12 rows) = 16, every answer finished with EOS
     record = json.loads((tmp_path / "run" / "finetuner_config.json").read_text())
     assert record["data"]["stats"]["self_replay_rows"] == added

@@ -143,13 +143,13 @@ class TrainingConfig:
                                         "group_by_length (batches of similar length: 1.5x faster "
                                         "on mixed lengths, but it cut a tiny model's held-out score "
                                         "from >=90% to 62%, so it is opt-in), sequential, batch_rebalance.")
-    packing: bool | None = _opt(None, "Train each batch as one row without padding, the examples "
+    packing: bool | None = _opt(False, "Train each batch as one row without padding, the examples "
                                 "kept apart by the attention (flash-attention on CUDA where the "
                                 "model runs it, else SDPA once per example); position ids restart "
                                 "and no example learns the next one's first token. True: refused "
                                 "for models that cannot keep them apart (encoder-decoders, ...). "
-                                "Empty: packed where the model can keep them apart, else padded "
-                                "(sft; other stages use TRL's collators).")
+                                "Empty: packed where the model can keep them apart, else padded. "
+                                "sft only.")
     save_strategy: str = _opt("steps", "When to save checkpoints during training (no, steps, epoch); "
                               "the final model is always saved.")
     save_steps: float = _opt(0.25, "Save a checkpoint every N steps; a value below 1 is a fraction "
@@ -166,9 +166,9 @@ class TrainingConfig:
     eval_before: bool = _opt(False, "Evaluate before training too, and report before/after.")
     self_replay: bool = _opt(True, "Before training, add the model's own answers to a fixed list "
                              "of general prompts to the training rows (chat models), so training "
-                             "keeps what the model knew.")
+                             "keeps what the model knew; how many is chosen from the dataset size.")
     self_replay_rows: int | None = _opt(None, "How many self-replay rows. Empty: " + AUTO + ".")
-    self_replay_distill: bool = _opt(True, "Train self-replay rows towards the base model's whole "
+    self_replay_distill: bool = _opt(False, "Train self-replay rows towards the base model's whole "
                                      "next-token distribution (its top 16 at each answer token), "
                                      "not only its answer.")
     stage: Stage = _opt("sft", "What training optimises: sft (answers to imitate), dpo / orpo "

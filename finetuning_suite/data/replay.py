@@ -173,7 +173,7 @@ def replay_dataset(answers: Callable, n: int, tokenizer, model_config, chat_form
     """Up to `n` self-replay rows, tokenized as training rows of the run are (`chat_format`), with
     `columns` only (the training set's), or None when no answer was usable. `answers` is a
     batched `list of prompts -> list of answers or None` callable (see `self_replay_rows`)."""
-    rows = self_replay_rows(answers, n, batched=True, prompts=pool_prompts() if prompts is None else prompts)
+    rows = self_replay_rows(answers, n, batched=True, prompts=REPLAY_PROMPTS if prompts is None else prompts)
     if not rows:
         return None
     import datasets

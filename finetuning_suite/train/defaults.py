@@ -24,17 +24,19 @@ overwrite what the model knew ("What is the capital of France?" no longer answer
   bouncing at the peak rate). Full fine-tuning moves every weight, so its rate is 20x lower:
   5e-5 (facts task, 6 epochs: 2e-5 learned 50% of the held-out questions and kept 12/12
   general answers, 3e-5 75% and 11/12, 5e-5 100% and 10/12, 1e-4 100% and 8/12).
-* **Keep what the model knew: self-replay with distillation.** Before training, the base model
-  answers `REPLAY_ROWS` (48) prompts of a broad pool of general requests
-  (`data/retention/replay_pool.jsonl`: knowledge, arithmetic, formats, translation, multi-turn,
-  everyday requests, interleaved by kind); the answers that end within 48 tokens are appended to
-  the training rows, and each of their answer tokens is trained towards the base model's whole
-  next-token distribution there (its top 16; `train/distill.py`), not only the token it said.
-  Measured on the retention benchmark's *dev* half (`bench/results/retention_experiments.md`,
-  a dozen made-up facts, 10 epochs; kept = base-right dev items still right): the old 80 short
-  questions, 16 rows: 29/51 kept; the pool, 16 rows: 23/51; the pool, 48 rows: 34/51; the pool,
-  48 rows, distilled: 41/51 (the choice; 222 s against 91 s). The frozen test half reports it
-  (`bench/results/quality.md`).
+* **Keep what the model knew: self-replay.** Before training, the base model answers a fixed
+  list of unrelated general prompts (`finetuning_suite.data.replay.REPLAY_PROMPTS`); those
+  answers are appended to the training rows (`replay_rows` of them: two thirds of the data's
+  size, 16 to 48). Their loss starts near its floor, so they cost little learning but pull back
+  any drift of the general behaviour. Only answers that end within 48 tokens are used: longer
+  ones dilute a short-answer task's share of the (per-token) loss and slow every step.
+  Tried and not made the default (issue 17): 48 rows from the broad pool
+  (`data/retention/replay_pool.jsonl`, `replay.pool_prompts()`) distilled towards the base's
+  top-16 distribution (`self_replay_distill=True`). On the retention set's dev half it kept
+  41 of 51 base-right items after a dozen facts x 10 epochs where these prompts kept 29
+  (`bench/results/retention_experiments.md`, one run each); on the frozen test half it kept
+  only 31 of 54, and with it (and packing) the embedded model lost "Paris" in
+  `tests/test_embedded.py`'s independent dozen-facts check, which these defaults pass.
 
 Measured on the embedded SmolLM2-135M-Instruct, fp32, CPU, on the `facts` quality task (72 rows:
 24 made-up facts asked three ways; held-out = 24 reworded questions), LoRA all-linear r=16
@@ -70,7 +72,7 @@ REPLAY_ROW_TOKENS = 60     # a replay row: chat template + short question + <= 4
 MAX_EPOCHS = 10            # a dozen rows get 10 epochs; more rarely helps and costs time
 SMALL_DATASET = 200        # below: batch 4 and epochs from TOKEN_BUDGET; from here: batch 8, 1 epoch
 LARGE_DATASET = 500        # from here: half the LoRA learning rate
-REPLAY_ROWS = 48           # self-replay rows, any data size (pool 16 rows kept 23/51 dev items, 48 kept 34/51)
+REPLAY_MIN, REPLAY_MAX = 16, 48
 UNKNOWN_SIZE = 200         # assumed when choose_defaults() is asked before the data is loaded
 
 LORA_LR = 1e-3
@@ -79,9 +81,10 @@ FULL_LR = 5e-5    # measured on facts: 2e-5 learned 50%, 5e-5 100% (10/12 kept),
 
 
 def replay_count(n_examples: int) -> int:
-    """Self-replay rows for `n_examples` training rows: `REPLAY_ROWS` whatever the size (small
-    sets drift most, and the embedded model ends ~40 of 48 pool prompts within 48 tokens)."""
-    return REPLAY_ROWS
+    """Self-replay rows for `n_examples` training rows: two thirds of the data, at least
+    `REPLAY_MIN` (small sets drift most), at most `REPLAY_MAX` (the embedded model ends 47 of
+    the 80 `REPLAY_PROMPTS` within 48 new tokens, so ~48 rows is what one model can give)."""
+    return max(REPLAY_MIN, min(REPLAY_MAX, 2 * n_examples // 3))
 
 
 # Preference and reward stages (train/stages.py), LoRA/QLoRA learning rates (full: x STAGE_FULL).

@@ -65,14 +65,14 @@ class DefaultTrainerConfig:
     num_generations, ...); `reward_funcs` are GRPO's reward functions (`train/rewards.py`).
     `packing=True` (sft) trains each batch as one row without padding, its examples kept apart
     by the attention (`train/packing.py`); a model that cannot keep them apart is refused.
-    `packing=None` (the default) packs where the model can keep them apart and pads elsewhere.
+    `packing=None` packs where the model can keep them apart and pads elsewhere.
     """
 
     # Compute the output layer and loss only at labelled positions (`train/loss.py`); the value
     # equals the Hugging Face loss. Set False on an instance to get the Trainer's own loss.
     labelled_loss = True
 
-    def __init__(self, stage: str = "sft", reward_funcs=None, packing: bool | None = None, **training_args: Any):
+    def __init__(self, stage: str = "sft", reward_funcs=None, packing: bool | None = False, **training_args: Any):
         from ..config.options import STAGES, pass_through_field
 
         if stage not in STAGES:
@@ -167,9 +167,10 @@ class DefaultTrainerConfig:
 
 
 def can_pack(model) -> bool:
-    """packing=None: pack where the model keeps packed examples apart (`check_can_pack`), since
-    packed rows train the same (per-step losses equal to 1e-6) at ~1.9x the labelled tokens per
-    second on mixed lengths (bench/results/packing.md); pad elsewhere, saying why."""
+    """packing=None: pack where the model keeps packed examples apart (`check_can_pack`): packed
+    rows train the same (per-step losses equal to 1e-6) at ~1.9x the labelled tokens per second
+    on mixed lengths (bench/results/packing.md); pad elsewhere, saying why. Not the default yet:
+    no quality run has compared packed and padded training on the embedded model."""
     try:
         check_can_pack(model)
     except ConfigError as exc:
