@@ -207,9 +207,14 @@ def training_argument_fields() -> dict[str, dataclasses.Field]:
     """Every `Seq2SeqTrainingArguments` init field by name (types resolved)."""
     from transformers import Seq2SeqTrainingArguments
 
-    hints = typing.get_type_hints(Seq2SeqTrainingArguments)
+    return _init_fields(Seq2SeqTrainingArguments)
+
+
+def _init_fields(cls) -> dict[str, dataclasses.Field]:
+    """A dataclass's init fields by name, their types resolved."""
+    hints = typing.get_type_hints(cls)
     out = {}
-    for f in fields(Seq2SeqTrainingArguments):
+    for f in fields(cls):
         if f.init:
             f.type = hints.get(f.name, f.type)
             out[f.name] = f
@@ -224,14 +229,7 @@ def stage_argument_fields(stage: str) -> dict[str, dataclasses.Field]:
         return training_argument_fields()
     from ..train.stages import config_class
 
-    cls = config_class(stage)
-    hints = typing.get_type_hints(cls)
-    out = {}
-    for f in fields(cls):
-        if f.init:
-            f.type = hints.get(f.name, f.type)
-            out[f.name] = f
-    return out
+    return _init_fields(config_class(stage))
 
 
 def pass_through_field(name: str, stage: str | None = None):
