@@ -14,14 +14,17 @@ Configurations, named for exactly what runs:
 - `ours_defaults`: `FineTuner(dataset_name=rows).train()` and nothing else: every default of the
   package (all-linear LoRA with dropout 0.05, self-replay and the retention probe, their base
   answers cached after a first run, epochs, batch, learning rate and schedule from the data,
-  the eval split, the final save and report).
+  the precision chosen for the machine (`train/precision.py`), the eval split, the final save
+  and report).
+- `ours_defaults_fp32`: the same with `bf16=False`: what the automatic precision changes.
 - `ours_all_linear_b8`: the defaults' adapter (all-linear, dropout 0.05) without self-replay,
-  at batch 8 for `--steps` steps: what the adapter itself costs.
+  at batch 8 for `--steps` steps, fp32 (`bf16=False`): what the adapter itself costs.
 - `ours_qv`, `ours_qv_bf16`: `FineTuner` with the bare adapter (LoRA r=16/alpha=32 on q_proj and
   v_proj, no dropout), no self-replay, no retention probe, batch 8, constant learning rate 1e-3,
-  no warm-up, `--steps` steps; the second
-  with `bf16=True` (bf16 autocast, fp32 master weights).
-- `ours_qlora_qv`: the same adapter on the 4-bit NF4 base (`quantize=True`).
+  no warm-up, `--steps` steps; the first with `bf16=False` (fp32), the second with `bf16=True`
+  (bf16 autocast, fp32 master weights).
+- `ours_qlora_qv`: the same adapter on the 4-bit NF4 base (`quantize=True`), `bf16=False`
+  (the 4-bit layers compute in bf16 all the same, the quantization's compute dtype).
 - `hf_trainer_qv`, `hf_trainer_qv_bf16`: plain transformers `Trainer` + PEFT with the same
   adapter and settings, dynamic padding (`DataCollatorForSeq2Seq`), the Trainer's own loss.
 - `seed_padded_qv`: the original attempt's pipeline: every example padded to 512 tokens.
@@ -50,7 +53,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-CONFIGS = ["ours_defaults", "ours_all_linear_b8", "ours_qv", "ours_qv_bf16", "ours_qlora_qv",
+CONFIGS = ["ours_defaults", "ours_defaults_fp32", "ours_all_linear_b8", "ours_qv", "ours_qv_bf16", "ours_qlora_qv",
            "hf_trainer_qv", "hf_trainer_qv_bf16", "seed_padded_qv", "trl_sft_defaults_qv"]
 BATCH, LR, MAX_LENGTH, N_EXAMPLES, STEPS = 8, 1e-3, 512, 48, 6
 QV = dict(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
@@ -187,10 +190,11 @@ def run_config(name: str, out: str) -> dict:
                 state["trainer"] = trainer
                 return trainer
 
-        if name == "ours_defaults":
-            ft = FineTuner(device="cpu", dataset_name=rows, trainer_config=Measured())
+        if name.startswith("ours_defaults"):
+            config = Measured(bf16=False) if name == "ours_defaults_fp32" else Measured()
+            ft = FineTuner(device="cpu", dataset_name=rows, trainer_config=config)
         else:
-            settings = _bare_args(out, **({"bf16": True} if name == "ours_qv_bf16" else {}))
+            settings = _bare_args(out, bf16=name.endswith("_bf16"))
             adapter = (dict(lora_target_modules="all-linear") if name == "ours_all_linear_b8" else
                        dict(lora_target_modules=QV["target_modules"], lora_dropout=0.0))
             ft = FineTuner(device="cpu", dataset_name=rows, self_replay=False, retention_probe=False, trainer_config=Measured(**settings),

@@ -157,8 +157,10 @@ def test_probes_are_read_back_from_disk(tiny_llama, tmp_path, cache, monkeypatch
     ft = FineTuner(tiny_llama, dataset_name="facts", **SMALL)
     args, trainer = built(ft, tmp_path)
     first = estimate.estimate_run(ft.model, args, trainer.train_dataset, trainer=trainer)
+    probed = len(probes)  # the peak of the precision the run computes in, if not float32
     second = estimate.estimate_run(ft.model, args, trainer.train_dataset, trainer=trainer)
-    assert len(calibrations) == 1 and len(probes) == 1
+    assert len(calibrations) == 1 and len(probes) == probed
+    assert sum(p["dtype"] == torch.float32 for p in probes) == 1  # read back, not measured again
     assert second.memory.activations == first.memory.activations
     assert second.time.seconds_per_step == pytest.approx(first.time.seconds_per_step)
     assert any("machine cache" in note for note in second.notes)

@@ -136,6 +136,9 @@ def _check_fields(problems: Problems, config: FinetuneConfig) -> None:
                 problems.add(name, value, "must be a name or a list of names.")
 
 
+AUTO_PRECISION = ("bf16", "fp16")  # "auto" (or left out): chosen by `train/precision.py`
+
+
 def _check_extras(problems: Problems, config: FinetuneConfig) -> None:
     """Pass-through TrainingArguments values against the field's type and choices."""
     stage = config.training.stage
@@ -147,7 +150,7 @@ def _check_extras(problems: Problems, config: FinetuneConfig) -> None:
             continue
         base, optional = unwrap_optional(f.type)
         choices = option_choices(name)
-        if value is None and optional:
+        if value is None and optional or name in AUTO_PRECISION and value == "auto":
             continue
         if isinstance(value, float) and not math.isfinite(value):
             problems.add(name, value, "must be a finite number.")

@@ -57,13 +57,31 @@ def out_of_memory_message(exc: BaseException, args) -> str:
 
 def run_trainer(trainer, checkpoint, args) -> dict:
     """`trainer.train(resume_from_checkpoint=checkpoint)`'s metrics; a device out of memory
-    becomes a TrainingError naming the options that use less."""
+    becomes a TrainingError naming the options that use less. The model comes back computing
+    as it went in (`without_autocast_wrapper`), whether training ended or raised."""
     try:
         return dict(trainer.train(resume_from_checkpoint=checkpoint).metrics)
     except Exception as exc:
         if is_out_of_memory(exc):
             raise TrainingError(out_of_memory_message(exc, args)) from exc
         raise
+    finally:
+        without_autocast_wrapper(trainer.model)
+
+
+def without_autocast_wrapper(model) -> None:
+    """Undo accelerate's mixed-precision wrapper on `model.forward`. Under bf16/fp16 the Trainer
+    (through accelerate's `prepare_model`) replaces the model's forward with one that runs in
+    autocast, and leaves it there after training: the in-memory model would then evaluate,
+    probe and generate in bf16 while the saved one reloads in fp32 (logits differing by ~0.3
+    on a tiny model). accelerate's own `extract_model_from_parallel(keep_fp32_wrapper=False)`
+    restores the original forward in place."""
+    from accelerate.utils import extract_model_from_parallel
+
+    while model is not None:  # the model itself, or under a DDP/FSDP wrapper its module
+        if "_original_forward" in vars(model):
+            extract_model_from_parallel(model, keep_fp32_wrapper=False)
+        model = getattr(model, "module", None)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

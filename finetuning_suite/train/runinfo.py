@@ -107,8 +107,16 @@ def run_record(ft, resolved, training_args=None, metrics: dict | None = None) ->
         if training_args is not None else None,
         "metrics": _trimmed(metrics),
         "estimate": getattr(ft, "estimate", None),  # made before training (train/estimate.py)
+        "precision": _precision(ft.trainer_config),
         "versions": library_versions(),
     }
+
+
+def _precision(trainer_config) -> dict | None:
+    """The precision the run trained in and why (`train/precision.py`); None for a custom
+    trainer config (its TrainingArguments' bf16/fp16 are in "training")."""
+    chosen = getattr(trainer_config, "precision", None)
+    return chosen.to_dict() if hasattr(chosen, "to_dict") else None
 
 
 SAMPLES_KEPT = 10  # per evaluation in the run record; report.html shows them all

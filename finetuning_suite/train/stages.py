@@ -5,8 +5,9 @@ and `grpo` are TRL's `DPOTrainer`, `KTOTrainer`, `ORPOTrainer` (experimental in 
 `GRPOTrainer`, whose losses we do not rewrite. What this module adds is what their users miss:
 
 - the config each trainer reads (`stage_arguments`), with TRL's GPU-minded defaults replaced
-  where they break a CPU run or a small one: fp32 unless bf16 is asked for (TRL turns bf16 on
-  everywhere, and a CPU without native bf16 runs it several times slower), no gradient
+  where they break a CPU run or a small one: the precision chosen for the device
+  (`train/precision.py`; TRL turns bf16 on everywhere, and a CPU without native bf16 runs it
+  several times slower), no gradient
   checkpointing unless asked for (TRL's default), TRL's learning rate (1e-6, for full
   fine-tuning of large models) replaced by the rule's (`train/defaults.py`); the reference
   model's log-probabilities precomputed once before training for DPO and KTO
@@ -84,7 +85,7 @@ def stage_arguments(stage: str, kwargs: dict, settings: dict, device: str) -> di
     """The keyword arguments of `stage`'s TRL config: ours (`kwargs`: TrainingArguments values,
     defaults included) plus the stage's `settings` (beta, num_generations, max_length, ...)."""
     out = dict(kwargs)
-    out.setdefault("bf16", False)  # TRL's default is bf16 everywhere; ours is the device's choice
+    out.setdefault("bf16", False)  # TRL's default is bf16 everywhere; `precision.choose` decides
     out.setdefault("gradient_checkpointing", False)
     if "gradient_checkpointing_kwargs" not in out and out["gradient_checkpointing"]:
         out["gradient_checkpointing_kwargs"] = {"use_reentrant": False}

@@ -14,6 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 from ..config import suggest, training_argument_names
 from ..errors import ConfigError
 from . import defaults as auto_defaults
+from . import precision
 from .distill import TEACHER_IDS, TeacherCollator
 from .loss import trainer_class
 from .meter import tensorboard_available
@@ -57,8 +58,9 @@ class DefaultTrainerConfig:
         DefaultTrainerConfig(output_dir="./trained_model", num_train_epochs=3,
                              per_device_train_batch_size=8, save_steps=10_000, save_total_limit=2)
 
-    Unset fields take `TRAINING_DEFAULTS`, then the TrainingArguments defaults. The device decides
-    precision: fp32 on CPU, bf16 mixed precision on CUDA cards that support it.
+    Unset fields take `TRAINING_DEFAULTS`, then the TrainingArguments defaults. `bf16` and `fp16`
+    left out (or "auto") are chosen for the device by `train/precision.py`: bf16 mixed precision
+    on CUDA cards and CPUs where it is faster, else fp32 (fp16 on CUDA cards without bf16).
 
     `stage` (sft, dpo, kto, orpo, grpo) picks the trainer: ours for sft, TRL's for the others
     (`train/stages.py`), whose config's fields are then accepted by name too (beta, loss_type,
@@ -104,7 +106,6 @@ class DefaultTrainerConfig:
         """TrainingArguments from, in rising precedence: our fixed defaults, `defaults` (chosen
         from the data by `train.defaults`; without them, the rule's values for an unknown size),
         this config's own values, and the `output_dir` / `num_train_epochs` of the call."""
-        import torch
         from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
         if defaults is None:
@@ -116,8 +117,11 @@ class DefaultTrainerConfig:
             kwargs["num_train_epochs"] = num_train_epochs
         if device == "cpu":
             kwargs.setdefault("use_cpu", True)
-        elif device.startswith("cuda") and "fp16" not in kwargs:
-            kwargs.setdefault("bf16", torch.cuda.is_bf16_supported())
+        self.precision = precision.choose(device, kwargs.pop("bf16", None), kwargs.pop("fp16", None))
+        kwargs.update(bf16=self.precision.bf16, fp16=self.precision.fp16)
+        if self.precision != getattr(self, "_logged_precision", None):
+            logger.info(self.precision.line())
+            self._logged_precision = self.precision
         if self.stage != "sft":
             import os
 

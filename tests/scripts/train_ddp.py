@@ -18,6 +18,6 @@ ft = FineTuner(model_id=model, device="cpu", dataset_name=data, max_length=8, lo
                self_replay=False, per_device_train_batch_size=per_device, max_steps=4,
                learning_rate=5e-3, warmup_steps=0, logging_steps=1, save_strategy="no",
                disable_tqdm=True, ddp_backend="gloo" if "RANK" in os.environ else None,
-               train_sampling_strategy="random", eval_fraction=0)
+               train_sampling_strategy="random", eval_fraction=0, bf16=False)
 metrics = ft.train(out)
 print("RESULT", os.environ.get("RANK", "0"), metrics["train_loss"], flush=True)
