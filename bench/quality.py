@@ -75,14 +75,20 @@ def facts12_success(ft) -> dict:
                         for r, reply in zip(rows, replies)]}
 
 
-def run_one(task: str, method: str, questions: list[dict]) -> dict:
+def precision_cell(r: dict) -> str:
+    from finetuning_suite.train.precision import short_label
+
+    return short_label(r.get("precision"))
+
+
+def run_one(task: str, method: str, questions: list[dict], extra: dict | None = None) -> dict:
     from finetuning_suite import FineTuner
     from finetuning_suite.infer.retention import answer, load_items, retention
 
     started = time.time()
     facts12 = task == "facts12"
     ft = FineTuner(device="cpu", dataset_name=str(FACTS12) if facts12 else task, method=method,
-                   max_length=64)
+                   max_length=64, **(extra or {}))
     before = facts12_success(ft) if facts12 else ft.evaluate()
     kept_before = general_kept(ft, questions)
     test_items = load_items("test")   # the frozen half: reported here, never tuned on
@@ -112,7 +118,8 @@ def run_one(task: str, method: str, questions: list[dict]) -> dict:
         "general_lost": [a for a, b in zip(kept_after["answers"], kept_before["answers"])
                          if a["expected"].lower() not in a["answer"].lower()
                          and b["expected"].lower() in b["answer"].lower()],
-        "chosen_defaults": record.get("chosen_defaults"),
+        "chosen_defaults": record.get("chosen_defaults"), "precision": record.get("precision"),
+        "settings": extra or {},
         "train_steps": round(metrics["train_steps_per_second"] * metrics["train_runtime"]),
         "train_loss": metrics.get("train_loss"),
         "train_seconds": round(train_s, 1), "wall_seconds": round(time.time() - started, 1),
@@ -167,7 +174,7 @@ def targets(runs: dict) -> list[str]:
 def write_markdown(data: dict) -> None:
     m = data["machine"]
     lines = ["# Quality benchmark: default settings, three methods", "",
-             f"Machine: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, CPU fp32; "
+             f"Machine: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads; "
              f"torch {m['versions'].get('torch')}, transformers {m['versions'].get('transformers')}, "
              f"peft {m['versions'].get('peft')}. Model: the embedded SmolLM2-135M-Instruct. "
              "Command: `make quality`.", "",
@@ -183,12 +190,14 @@ def write_markdown(data: dict) -> None:
              "still answers right after; the run's own probe (40 dev items) is listed beside it. "
              "`facts12` is a dozen made-up facts (`tests/docs_fixtures/facts.jsonl`) trained for 10 "
              "epochs; its held-out column is the 12 trained answers given back. train s = the "
-             "Trainer's own runtime; wall s = the whole run with evaluation and probes.", "",
-             "| task | method | held-out before | held-out after | chrF after | EOS after | retention (test) | probe (dev) | general right before → after | train s | wall s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "Trainer's own runtime; wall s = the whole run with evaluation and probes. precision = what "
+             "the run trained in and whether it was chosen automatically (`train/precision.py`) or "
+             "given (`--bf16 false`).", "",
+             "| task | method | precision | held-out before | held-out after | chrF after | EOS after | retention (test) | probe (dev) | general right before → after | train s | wall s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(data["runs"].values(), key=lambda r: (TASKS.index(r["task"]) if r["task"] in TASKS else 9,
                                                             METHODS.index(r["method"]))):
-        lines.append(f"| {r['task']} | {r['method']} | {pct(r['before']['exact_match'])} | "
+        lines.append(f"| {r['task']} | {r['method']} | {precision_cell(r)} | {pct(r['before']['exact_match'])} | "
                      f"{pct(r['after']['exact_match'])} | "
                      f"{'-' if r['after']['chrf'] is None else format(r['after']['chrf'], '.1f')} | "
                      f"{pct(r['after']['eos_rate'])} | {kept_cell(r)} | "
@@ -214,6 +223,9 @@ def main(argv=None) -> int:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--note", default=None, help="a line about the conditions, kept in the results")
+    parser.add_argument("--bf16", choices=("auto", "false"), default="auto",
+                        help="false: train in fp32 (rows kept as task/method/fp32), to compare with "
+                             "the automatic choice")
     parser.add_argument("--markdown-only", action="store_true",
                         help="only rewrite quality.md from quality.json (no runs)")
     args = parser.parse_args(argv)
@@ -233,10 +245,11 @@ def main(argv=None) -> int:
     for task in args.tasks:
         for method in args.methods:
             print(f"== {task} / {method}", flush=True)
-            result = run_one(task, method, questions)
+            extra = {"bf16": False} if args.bf16 == "false" else {}
+            result = run_one(task, method, questions, extra)
             print(json.dumps({k: result[k] for k in ("before", "after", "general_after", "train_seconds")}),
                   flush=True)
-            data["runs"][f"{task}/{method}"] = result
+            data["runs"][f"{task}/{method}" + ("/fp32" if extra else "")] = result
             data["machine"] = machine()
             path.write_text(json.dumps(data, indent=2) + "\n")
             write_markdown(data)

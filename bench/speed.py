@@ -334,7 +334,8 @@ def summary(runs: list[dict], configs: list[str]) -> list[dict]:
     out = []
     for name in configs:
         good = [r for r in runs if r["config"] == name and "error" not in r]
-        row = {"config": name, "runs": len(good), "failed": sum(r["config"] == name and "error" in r for r in runs)}
+        row = {"config": name, "runs": len(good), "failed": sum(r["config"] == name and "error" in r for r in runs),
+               "compute_dtype": "/".join(sorted({r["compute_dtype"] for r in good if r.get("compute_dtype")}))}
         for key in ("labelled_tokens_per_s", "seconds_per_step", "wall_seconds", "mfu", "peak_rss_mb"):
             values = [r[key] for r in good if r.get(key) is not None]
             if values:
@@ -366,13 +367,13 @@ def markdown(report: dict) -> str:
              f"loss; the bare configurations run batch {report['batch']} for {report['steps']} optimizer "
              "steps; `ours_defaults` runs whatever the defaults choose. "
              f"{report['repeats']} rounds, configurations alternated; median (lowest-highest).", "",
-             "| configuration | labelled tok/s (whole train call) | vs hf_trainer_qv | s/step | MFU | wall s | peak RSS MB |",
-             "|---|---|---|---|---|---|---|"]
+             "| configuration | computes in | labelled tok/s (whole train call) | vs hf_trainer_qv | s/step | MFU | wall s | peak RSS MB |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in report["summary"]:
         if not row["runs"]:
-            lines.append(f"| {row['config']} | failed | | | | | |")
+            lines.append(f"| {row['config']} | | failed | | | | | |")
             continue
-        lines.append(f"| {row['config']} | {_cell(row.get('labelled_tokens_per_s'), '.1f')} | "
+        lines.append(f"| {row['config']} | {row.get('compute_dtype', '')} | {_cell(row.get('labelled_tokens_per_s'), '.1f')} | "
                      f"{row.get('vs_hf_trainer_qv', '')}x | {_cell(row.get('seconds_per_step'), '.2f')} | "
                      f"{_cell(row.get('mfu'), '.1%')} | {_cell(row.get('wall_seconds'), '.0f')} | "
                      f"{_cell(row.get('peak_rss_mb'), '.0f')} |")

@@ -93,30 +93,32 @@ def run_one(task: str, extra: dict | None = None) -> dict:
             "retention_test": {"base_right": kept.base_right, "kept": kept.kept, "asked": kept.asked,
                                "lost": [x["prompt"] for x in kept.lost]},
             "retention_probe": metrics.get("retention"), "stage_metrics_after": stage_after,
-            "chosen_defaults": record.get("chosen_defaults"),
+            "chosen_defaults": record.get("chosen_defaults"), "precision": record.get("precision"),
             "trainer_seconds": round(metrics["train_runtime"], 1), "train_seconds": round(train_s, 1),
             "wall_seconds": round(time.time() - started, 1)}
 
 
 def write_markdown(data: dict) -> None:
+    from finetuning_suite.train.precision import short_label
 
     m = data["machine"]
     lines = ["# Stage benchmark: preference (DPO) and reward (GRPO) training, default settings", "",
-             f"Machine: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, CPU fp32; "
+             f"Machine: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads; "
              f"torch {m['versions'].get('torch')}, transformers {m['versions'].get('transformers')}, "
              f"trl {m['versions'].get('trl')}. Model: the embedded SmolLM2-135M-Instruct. "
              "Command: `make quality-stages`.", "",
              __doc__.split("\n\n", 2)[2].strip().replace("\n", " "), "",
              *([data["note"], ""] if data.get("note") else []),
-             f"| task | run | success before → after ({SPLIT} split) | EOS after | retention ({'test' if SPLIT == 'test' else 'dev'} half) | train s | wall s |",
-             "|---|---|---|---|---|---|---|"]
+             f"| task | run | precision | success before → after ({SPLIT} split) | EOS after | retention ({'test' if SPLIT == 'test' else 'dev'} half) | train s | wall s |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in data["runs"].values():
         t = r["retention_test"]
         share = f" ({100 * t['kept'] / t['base_right']:.0f}%)" if t["base_right"] else ""
         run = ", ".join(f"{k}={v}" for k, v in r["settings"].items())
         right = (f" (right: {100 * r['before']['right']:.0f}% → {100 * r['after']['right']:.0f}%)"
                  if "right" in r["after"] else "")
-        lines.append(f"| {r['task']} | {run} | {100 * r['before']['success']:.0f}% → "
+        precision = short_label(r.get("precision"))
+        lines.append(f"| {r['task']} | {run} | {precision} | {100 * r['before']['success']:.0f}% → "
                      f"{100 * r['after']['success']:.0f}% of {r['after']['n']}{right} | "
                      f"{100 * r['after']['eos_rate']:.0f}% | {t['kept']}/{t['base_right']}{share} | "
                      f"{r['trainer_seconds']:.0f} | {r['wall_seconds']:.0f} |")

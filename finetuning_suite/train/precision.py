@@ -44,6 +44,15 @@ class Precision:
         return asdict(self)
 
 
+def short_label(recorded: dict | None) -> str:
+    """"bf16 (auto)", "fp32 (given)", ... from a run record's "precision"; a record without one
+    was trained before the precision was chosen here, in fp32."""
+    if not recorded:
+        return "fp32"
+    name = "bf16" if recorded.get("bf16") else "fp16" if recorded.get("fp16") else "fp32"
+    return f"{name} ({recorded.get('chosen')})"
+
+
 @functools.lru_cache(maxsize=None)
 def cpu_flags() -> frozenset[str]:
     """The CPU's feature flags from /proc/cpuinfo (empty where it cannot be read)."""
