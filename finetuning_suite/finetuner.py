@@ -36,7 +36,7 @@ from .run_settings import RunSettings
 from .train import defaults as auto_defaults
 from .train.distill import add_teacher_targets, without_targets
 from .train.estimate import before_training
-from .train.rewards import reward_functions
+from .train.rewards import no_signal_warning, reward_functions
 from .train.stages import drop_reference_adapter, stage_settings
 from .train.guards import NonFiniteGuard, StopFileCallback, run_trainer
 from .train.loss import uses_labelled_loss
@@ -259,6 +259,10 @@ class FineTuner:
         if args.process_index == 0:  # the settings first: a crashed run can be resumed from them
             write_text_atomic(out / "config.yaml", self.resolved_config(args, out).to_yaml())
         metrics = run_trainer(trainer, checkpoint, args)
+        if self.stage == "grpo" and (hint := no_signal_warning(trainer.state.log_history,
+                                                               args.num_generations)):
+            logger.warning(hint)
+            metrics["reward_signal_warning"] = hint
         drop_reference_adapter(self.model)
         after = None
         if prepared.split.held_out is not None:

@@ -93,7 +93,8 @@ def test_grpo_raises_a_deterministic_reward(tiny_llama, tmp_path):
                    stage="grpo", method="lora", reward_funcs=[said_yes], num_generations=4,
                    max_completion_length=4, max_steps=12, learning_rate=5e-3, logging_steps=1,
                    save_strategy="no", eval_fraction=0, seed=0)
-    ft.train(tmp_path / "grpo")
+    metrics = ft.train(tmp_path / "grpo")
+    assert "reward_signal_warning" not in metrics  # the rewards differed within groups
     rewards = _logged(tmp_path / "grpo", "rewards/said_yes/mean")
     assert len(rewards) == 12
     first, last = sum(rewards[:3]) / 3, sum(rewards[-3:]) / 3
@@ -110,7 +111,11 @@ def test_an_all_equal_group_has_no_advantage_and_moves_nothing(tiny_llama, tmp_p
                    stage="grpo", reward_funcs=[constant], num_generations=4, max_completion_length=6,
                    max_steps=2, learning_rate=1e-1, logging_steps=1, save_strategy="no", eval_fraction=0)
     start = {n: p.detach().clone() for n, p in ft.model.named_parameters() if "lora_" in n}
-    ft.train(tmp_path / "flat")
+    metrics = ft.train(tmp_path / "flat")
+    # the run says why nothing was learned, and what to change
+    assert metrics["reward_signal_warning"].startswith(
+        "GRPO had almost no signal to learn from: in 100% of the groups all 4 completions got the same reward")
+    assert "length:N" in metrics["reward_signal_warning"]
     assert _logged(tmp_path / "flat", "frac_reward_zero_std") == [1.0, 1.0]
     assert _logged(tmp_path / "flat", "grad_norm") == [0.0, 0.0]
     assert all((p.detach() - start[n]).abs().max().item() == 0 for n, p in ft.model.named_parameters() if n in start)

@@ -176,3 +176,31 @@ def reward_functions(specs, weights=None) -> tuple[list[Callable], list[float] |
                               "per reward function.")
         weights = [float(w) for w in weights]
     return functions, weights
+
+
+NO_SIGNAL_SHARE = 0.9  # groups with all-equal rewards, over the run, from which a run is warned
+
+
+def no_signal_warning(log_history: list[dict], num_generations: int) -> str | None:
+    """A warning when GRPO had almost nothing to learn from: in at least NO_SIGNAL_SHARE of the
+    groups every completion got the same reward (TRL's `frac_reward_zero_std`), so their
+    advantages were zero and the adapter hardly moved; None otherwise. The usual cause is a
+    reward the model never (or always) reaches when it samples, such as an exact match of a
+    format the base model does not produce."""
+    shares = [r["frac_reward_zero_std"] for r in log_history if "frac_reward_zero_std" in r]
+    if not shares:
+        return None
+    share = sum(shares) / len(shares)
+    if share < NO_SIGNAL_SHARE:
+        return None
+    means = {k.removeprefix("rewards/").removesuffix("/mean"): v for r in log_history[-1:] for k, v in r.items()
+             if k.startswith("rewards/") and k.endswith("/mean")}
+    rewards = [r["reward"] for r in log_history if "reward" in r]
+    mean = sum(rewards) / len(rewards) if rewards else float("nan")
+    return (f"GRPO had almost no signal to learn from: in {share:.0%} of the groups all "
+            f"{num_generations} completions got the same reward (mean reward over the run "
+            f"{mean:.3g}{'; last logged ' + ', '.join(f'{k} {v:.3g}' for k, v in means.items()) if means else ''}), "
+            "so their advantages were zero and the model barely changed. Give partial credit "
+            "(add a reward the model sometimes earns, e.g. length:N for shorter answers, or a "
+            "regex for the format), raise num_generations, or first teach the format with a "
+            "short sft run.")
