@@ -75,12 +75,6 @@ def facts12_success(ft) -> dict:
                         for r, reply in zip(rows, replies)]}
 
 
-def precision_cell(r: dict) -> str:
-    from finetuning_suite.train.precision import short_label
-
-    return short_label(r.get("precision"))
-
-
 def run_one(task: str, method: str, questions: list[dict], extra: dict | None = None) -> dict:
     from finetuning_suite import FineTuner
     from finetuning_suite.infer.retention import answer, load_items, retention
@@ -172,6 +166,8 @@ def targets(runs: dict) -> list[str]:
 
 
 def write_markdown(data: dict) -> None:
+    from finetuning_suite.train.precision import short_label
+
     m = data["machine"]
     lines = ["# Quality benchmark: default settings, three methods", "",
              f"Machine: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads; "
@@ -197,7 +193,7 @@ def write_markdown(data: dict) -> None:
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(data["runs"].values(), key=lambda r: (TASKS.index(r["task"]) if r["task"] in TASKS else 9,
                                                             METHODS.index(r["method"]))):
-        lines.append(f"| {r['task']} | {r['method']} | {precision_cell(r)} | {pct(r['before']['exact_match'])} | "
+        lines.append(f"| {r['task']} | {r['method']} | {short_label(r.get('precision'))} | {pct(r['before']['exact_match'])} | "
                      f"{pct(r['after']['exact_match'])} | "
                      f"{'-' if r['after']['chrf'] is None else format(r['after']['chrf'], '.1f')} | "
                      f"{pct(r['after']['eos_rate'])} | {kept_cell(r)} | "

@@ -252,19 +252,12 @@ def summarize(name, model, trainer, counter, timer, wall, *, head_everywhere: bo
 def machine() -> dict:
     import torch
 
-    cpu, flags = platform.processor() or "", ""
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                cpu = line.split(":", 1)[1].strip()
-            if line.startswith("Flags:"):
-                flags = line
-    except OSError:
-        pass
-    native_bf16 = [f for f in ("avx512_bf16", "amx_bf16") if f in flags.split()]
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
-            "bf16_instructions": native_bf16, "torch": torch.__version__,
-            "python": platform.python_version()}
+    from finetuning_suite.train.machine import cpu_flags, cpu_model
+    from finetuning_suite.train.precision import CPU_BF16_FLAGS
+
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+            "bf16_instructions": [f for f in CPU_BF16_FLAGS if f in cpu_flags()],
+            "torch": torch.__version__, "python": platform.python_version()}
 
 
 def main(argv=None):

@@ -17,7 +17,7 @@ from enum import Enum
 
 from ..errors import ConfigError, Problems
 from .options import ALL_LINEAR, STAGES, FinetuneConfig, option_fields, pass_through_field
-from .values import unwrap_optional
+from .values import is_auto_precision, unwrap_optional
 
 # name -> (kind, low, high, hint). Bounds are inclusive unless the name is in _STRICT_MIN /
 # _MAX_INCLUSIVE says otherwise.
@@ -136,9 +136,6 @@ def _check_fields(problems: Problems, config: FinetuneConfig) -> None:
                 problems.add(name, value, "must be a name or a list of names.")
 
 
-AUTO_PRECISION = ("bf16", "fp16")  # "auto" (or left out): chosen by `train/precision.py`
-
-
 def _check_extras(problems: Problems, config: FinetuneConfig) -> None:
     """Pass-through TrainingArguments values against the field's type and choices."""
     stage = config.training.stage
@@ -150,7 +147,7 @@ def _check_extras(problems: Problems, config: FinetuneConfig) -> None:
             continue
         base, optional = unwrap_optional(f.type)
         choices = option_choices(name)
-        if value is None and optional or name in AUTO_PRECISION and value == "auto":
+        if value is None and optional or is_auto_precision(name, value):
             continue
         if isinstance(value, float) and not math.isfinite(value):
             problems.add(name, value, "must be a finite number.")

@@ -66,6 +66,15 @@ def scalar(text: str):
         return text
 
 
+AUTO_PRECISION = ("bf16", "fp16")  # these take "auto" (= left out): chosen by `train/precision.py`
+
+
+def is_auto_precision(name: str, value) -> bool:
+    """`value` of TrainingArguments field `name` leaves the precision to the package: left out
+    (None) or "auto" (any case), on bf16/fp16 only."""
+    return name in AUTO_PRECISION and (value is None or (isinstance(value, str) and value.lower() == "auto"))
+
+
 def unwrap_optional(tp) -> tuple[typing.Any, bool]:
     """(the type without None, whether None is allowed)."""
     args = typing.get_args(tp)

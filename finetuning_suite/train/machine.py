@@ -39,16 +39,28 @@ def cache_file() -> Path:
     return cache_dir() / CACHE_FILE
 
 
-@functools.lru_cache(maxsize=None)
-def cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo, else `platform.processor()`)."""
+def _cpuinfo_field(*names: str) -> str | None:
+    """The first /proc/cpuinfo line's value whose key starts with one of `names`, or None."""
     try:
         for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.lower().startswith(("model name", "hardware", "cpu model")):
+            if line.lower().startswith(names):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine() or "unknown"
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo, else `platform.processor()`)."""
+    return _cpuinfo_field("model name", "hardware", "cpu model") or platform.processor() \
+        or platform.machine() or "unknown"
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (/proc/cpuinfo; empty where it cannot be read)."""
+    return frozenset((_cpuinfo_field("flags") or "").split())
 
 
 def device_name(device: str) -> str:

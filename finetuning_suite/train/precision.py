@@ -4,9 +4,10 @@ unless given (True/False; "auto" or leaving them out means chosen here).
 * CUDA: bf16 mixed precision where the card supports it (`torch.cuda.is_bf16_supported`),
   else fp16 mixed precision (with the Trainer's loss scaling).
 * CPU: bf16 autocast where the CPU has native bf16 instructions (the `avx512_bf16` or
-  `amx_bf16` flags) and a timed matmul shows bf16 at least `CPU_BF16_MIN_SPEEDUP` times as fast
-  as fp32; else fp32. Without those flags bf16 is emulated and slower, so no matmul is timed.
-  The probe (about a second) is measured once per machine and cached (`train/machine.py`).
+  `amx_bf16` flags) and the matmul peaks the MFU meter probes (`meter._cached_peak`) show bf16
+  at least `CPU_BF16_MIN_SPEEDUP` times as fast as fp32; else fp32. Without those flags bf16 is
+  emulated and slower, so nothing is timed. The probes (about a second each) run once per
+  machine and are cached (`train/machine.py`).
 * Anything else (MPS, ...): fp32.
 
 The weights stay fp32 (the master copy); autocast runs the matmuls in half precision. The
@@ -15,15 +16,14 @@ record. `bench/speed.py` measures what bf16 gains on whole training runs.
 """
 from __future__ import annotations
 
-import functools
-import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
+
+from ..config.values import is_auto_precision
+from .machine import cpu_flags
 
 CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 CPU_BF16_MIN_SPEEDUP = 1.2  # below this, casting to and from bf16 eats what the matmul gains
 PROBE_NAME = "precision/cpu_bf16_matmul_speedup"
-PROBE_SHAPE = (512, 1024, 1024)  # tokens x hidden -> hidden: a small model's projection
 
 
 @dataclass(frozen=True)
@@ -53,40 +53,16 @@ def short_label(recorded: dict | None) -> str:
     return f"{name} ({recorded.get('chosen')})"
 
 
-@functools.lru_cache(maxsize=None)
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags from /proc/cpuinfo (empty where it cannot be read)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.lower().startswith("flags"):
-                return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
-
-
-def _time_matmul(dtype, repeats: int = 5) -> float:
+def measure_cpu_bf16_speedup() -> float | None:
+    """The bf16 matmul peak over the fp32 one, as the MFU meter probes them
+    (`meter._cached_peak`: cached per machine, so the run's MFU reuses them); None when a probe
+    failed."""
     import torch
 
-    m, k, n = PROBE_SHAPE
-    gen = torch.Generator().manual_seed(0)
-    a = torch.randn(m, k, generator=gen).to(dtype)
-    b = torch.randn(k, n, generator=gen).to(dtype)
-    for _ in range(2):  # warm-up: oneDNN picks and caches its kernel
-        a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t0)
-    return best
+    from .meter import _cached_peak
 
-
-def measure_cpu_bf16_speedup() -> float:
-    """fp32 matmul time over bf16 matmul time, best of a few, at `PROBE_SHAPE`."""
-    import torch
-
-    return round(_time_matmul(torch.float32) / _time_matmul(torch.bfloat16), 2)
+    fp32, bf16 = _cached_peak(torch.float32, "cpu"), _cached_peak(torch.bfloat16, "cpu")
+    return round(bf16 / fp32, 2) if fp32 and bf16 else None
 
 
 def cpu_bf16_speedup() -> float:
@@ -95,17 +71,15 @@ def cpu_bf16_speedup() -> float:
     return cached_probe(PROBE_NAME, "cpu", measure_cpu_bf16_speedup)
 
 
-def given_value(value) -> bool | None:
+def given_value(name: str, value) -> bool | None:
     """An explicit bf16/fp16 value, or None for "auto" (left out, None or the string "auto")."""
-    if value is None or (isinstance(value, str) and value.lower() == "auto"):
-        return None
-    return value
+    return None if is_auto_precision(name, value) else value
 
 
 def choose(device: str, bf16=None, fp16=None) -> Precision:
     """The run's precision: explicit `bf16` / `fp16` values win; what is left is chosen for
     `device` as the module docstring says."""
-    bf16, fp16 = given_value(bf16), given_value(fp16)
+    bf16, fp16 = given_value("bf16", bf16), given_value("fp16", fp16)
     if bf16 is not None or fp16 is not None:
         return Precision(bool(bf16), bool(fp16), "given",
                          "given: " + ", ".join(f"{n}={v}" for n, v in (("bf16", bf16), ("fp16", fp16))
@@ -125,6 +99,9 @@ def choose(device: str, bf16=None, fp16=None) -> Precision:
         return Precision(False, False, "auto", "chosen automatically: this CPU has no native bf16 "
                          "(no avx512_bf16 or amx_bf16 flag), where bf16 runs slower than fp32")
     speedup = cpu_bf16_speedup()
+    if speedup is None:
+        return Precision(False, False, "auto", "chosen automatically: the bf16 matmul probe failed; "
+                         "pass bf16=True to use it anyway")
     if speedup < CPU_BF16_MIN_SPEEDUP:
         return Precision(False, False, "auto", f"chosen automatically: this CPU has {'/'.join(native)}, "
                          f"but a bf16 matmul ran only {speedup}x as fast as fp32 (cached probe); "

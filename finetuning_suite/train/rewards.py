@@ -193,9 +193,10 @@ def no_signal_warning(log_history: list[dict], num_generations: int) -> str | No
     share = sum(shares) / len(shares)
     if share < NO_SIGNAL_SHARE:
         return None
-    means = {k.removeprefix("rewards/").removesuffix("/mean"): v for r in log_history[-1:] for k, v in r.items()
-             if k.startswith("rewards/") and k.endswith("/mean")}
     rewards = [r["reward"] for r in log_history if "reward" in r]
+    last = next((r for r in reversed(log_history) if "reward" in r), {})
+    means = {k.removeprefix("rewards/").removesuffix("/mean"): v for k, v in last.items()
+             if k.startswith("rewards/") and k.endswith("/mean")}
     mean = sum(rewards) / len(rewards) if rewards else float("nan")
     return (f"GRPO had almost no signal to learn from: in {share:.0%} of the groups all "
             f"{num_generations} completions got the same reward (mean reward over the run "

@@ -85,7 +85,6 @@ def stage_arguments(stage: str, kwargs: dict, settings: dict, device: str) -> di
     """The keyword arguments of `stage`'s TRL config: ours (`kwargs`: TrainingArguments values,
     defaults included) plus the stage's `settings` (beta, num_generations, max_length, ...)."""
     out = dict(kwargs)
-    out.setdefault("bf16", False)  # TRL's default is bf16 everywhere; `precision.choose` decides
     out.setdefault("gradient_checkpointing", False)
     if "gradient_checkpointing_kwargs" not in out and out["gradient_checkpointing"]:
         out["gradient_checkpointing_kwargs"] = {"use_reentrant": False}

@@ -117,11 +117,11 @@ class DefaultTrainerConfig:
             kwargs["num_train_epochs"] = num_train_epochs
         if device == "cpu":
             kwargs.setdefault("use_cpu", True)
-        self.precision = precision.choose(device, kwargs.pop("bf16", None), kwargs.pop("fp16", None))
-        kwargs.update(bf16=self.precision.bf16, fp16=self.precision.fp16)
-        if self.precision != getattr(self, "_logged_precision", None):
-            logger.info(self.precision.line())
-            self._logged_precision = self.precision
+        chosen = precision.choose(device, kwargs.pop("bf16", None), kwargs.pop("fp16", None))
+        if chosen != getattr(self, "precision", None):  # once per choice, not per call
+            logger.info(chosen.line())
+        self.precision = chosen
+        kwargs.update(bf16=chosen.bf16, fp16=chosen.fp16)
         if self.stage != "sft":
             import os
 
