@@ -154,6 +154,20 @@ def test_builtin_rewards_score_by_hand():
     assert exact(prompts=["p"], completions=conversation, answer=["12"]) == [1.0]
 
 
+def test_partial_credit_rewards_score_by_hand():
+    (contains, brevity), _ = reward_functions(["contains:answer", "brevity:2"])
+    completions = ["5 + 7 = 12", "It is 12.", "112", "12", "Twelve"]
+    # a whole word, any case: "112" does not contain the answer 12
+    assert contains(prompts=["p"] * 5, completions=completions, answer=["12"] * 5) == [1.0, 1.0, 0.0, 1.0, 0.0]
+    assert contains(prompts=["p"], completions=["It's PARIS."], answer=["paris"]) == [1.0]
+    # at most 2 words: full credit; 5 words: 2/5; 3 words: 2/3; nothing said: nothing earned
+    assert brevity(prompts=["p"] * 5, completions=completions) == \
+        [pytest.approx(2 / 5), pytest.approx(2 / 3), 1.0, 1.0, 1.0]
+    assert brevity(prompts=["p"], completions=["   "]) == [0.0]
+    with pytest.raises(TrainingError, match="no 'answer' column to look for"):
+        contains(prompts=["p"], completions=["x"])
+
+
 @pytest.mark.parametrize("function, message", [
     (lambda **kw: 1 / 0, "raised ZeroDivisionError"),
     (lambda completions=None, **kw: [1.0], "returned 1 values for 2 completions"),
@@ -168,7 +182,8 @@ def test_a_broken_reward_function_names_itself_and_the_row(function, message):
 
 
 @pytest.mark.parametrize("spec, message", [("nope", "not a built-in"), ("regex:(", "not a valid regular"),
-                                           ("length:x", "target length"), ("nomodule_xyz:f", "cannot import")])
+                                           ("length:x", "target length"), ("brevity:0", "most words"),
+                                           ("nomodule_xyz:f", "cannot import")])
 def test_bad_reward_names_are_refused_with_the_fix(spec, message):
     with pytest.raises(ConfigError, match=message):
         reward_functions([spec])

@@ -9,9 +9,15 @@ From the command line and YAML, `reward_funcs` names them (`reward_weights` weig
 
 - `exact_match` / `exact_match:COLUMN`: 1.0 when the completion, stripped, equals the row's
   `answer` (or COLUMN) value, else 0.0;
+- `contains` / `contains:COLUMN`: 1.0 when the row's `answer` (or COLUMN) value appears in the
+  completion as a whole word (case-insensitive), else 0.0: partial credit for the right content
+  in the wrong form;
 - `regex:PATTERN`: 1.0 when the whole stripped completion matches PATTERN (`re.fullmatch`);
 - `json`: 1.0 when the completion is valid JSON (an object or a list);
 - `length:N`: 1.0 for N words, falling linearly to 0.0 at 0 or 2N words;
+- `brevity:N`: 1.0 for 1 to N words, N/words beyond (half for twice as long), 0.0 for an empty
+  completion: a pull towards short answers that every longer answer still feels, so sampled
+  answers of different lengths give GRPO a signal;
 - `package.module:function`: a function of your own, imported by its path.
 
 Every function is wrapped (`checked`) so that one that raises, returns the wrong number of
@@ -28,7 +34,7 @@ from typing import Callable
 
 from ..errors import ConfigError, TrainingError
 
-BUILTIN = ("exact_match", "regex", "json", "length")
+BUILTIN = ("exact_match", "contains", "regex", "json", "length", "brevity")
 
 
 def completion_text(completion) -> str:
@@ -46,6 +52,17 @@ def _exact_match(column: str):
         return [float(completion_text(c).strip() == str(a).strip()) for c, a in zip(completions, kwargs[column])]
     exact_match.max_reward = 1.0
     return exact_match
+
+
+def _contains(column: str):
+    def contains(completions, **kwargs):
+        if column not in kwargs:
+            raise KeyError(f"the dataset has no {column!r} column to look for; pass "
+                           f"contains:<column> naming the column that holds the answer")
+        return [float(re.search(rf"(?<!\w){re.escape(str(a).strip())}(?!\w)", completion_text(c),
+                                re.I) is not None) for c, a in zip(completions, kwargs[column])]
+    contains.max_reward = 1.0
+    return contains
 
 
 def _regex(pattern: str):
@@ -78,6 +95,14 @@ def _length(target: int):
     return length
 
 
+def _brevity(limit: int):
+    def brevity(completions, **kwargs):
+        words = [len(completion_text(c).split()) for c in completions]
+        return [min(1.0, limit / n) if n else 0.0 for n in words]  # an empty answer earns nothing
+    brevity.max_reward = 1.0
+    return brevity
+
+
 def resolve(spec) -> tuple[str, Callable]:
     """(name, function) for one `reward_funcs` entry: a callable, a built-in name (with its
     argument after ':'), or an import path 'module:function'."""
@@ -89,6 +114,8 @@ def resolve(spec) -> tuple[str, Callable]:
     name, _, arg = spec.strip().partition(":")
     if name == "exact_match":
         return spec, _exact_match(arg or "answer")
+    if name == "contains":
+        return spec, _contains(arg or "answer")
     if name == "regex":
         try:
             return spec, _regex(arg)
@@ -100,6 +127,10 @@ def resolve(spec) -> tuple[str, Callable]:
         if not arg.isdigit() or int(arg) < 1:
             raise ConfigError(f"reward_funcs entry {spec!r}: give the target length in words, e.g. length:20.")
         return spec, _length(int(arg))
+    if name == "brevity":
+        if not arg.isdigit() or int(arg) < 1:
+            raise ConfigError(f"reward_funcs entry {spec!r}: give the most words that earn full credit, e.g. brevity:1.")
+        return spec, _brevity(int(arg))
     if arg:  # module:function
         try:
             function = getattr(importlib.import_module(name), arg)
@@ -110,7 +141,7 @@ def resolve(spec) -> tuple[str, Callable]:
             raise ConfigError(f"reward_funcs entry {spec!r} is not a function.")
         return arg, function
     raise ConfigError(f"reward_funcs entry {spec!r} is not a built-in ({', '.join(BUILTIN)}, with "
-                      "exact_match:COLUMN, regex:PATTERN, length:N) nor a 'module:function' path.")
+                      "exact_match:COLUMN, contains:COLUMN, regex:PATTERN, length:N, brevity:N) nor a 'module:function' path.")
 
 
 def checked(name: str, function: Callable) -> Callable:
