@@ -240,3 +240,15 @@ def test_a_killed_dpo_run_resumes_to_the_uninterrupted_result(tiny_llama, tmp_pa
     a, b = _adapter(tmp_path / "straight"), _adapter(crashed)
     worst = max((a[k] - b[k]).abs().max().item() for k in a)
     assert worst < 1e-5, f"resumed DPO adapter differs from the uninterrupted one by {worst}"
+
+
+def test_grpo_samples_its_groups_with_the_generation_settings():
+    from finetuning_suite.config.options import FinetuneConfig
+    from finetuning_suite.train.stages import stage_settings
+
+    chosen = stage_settings(FinetuneConfig.from_flat({"stage": "grpo", "reward_funcs": ["exact_match"]}))
+    assert (chosen["temperature"], chosen["top_p"], chosen["top_k"]) == (0.7, 0.9, 50)  # not TRL's 1.0/1.0/0
+    given = stage_settings(FinetuneConfig.from_flat({"stage": "grpo", "reward_funcs": ["exact_match"],
+                                                     "temperature": 1.2, "top_k": 0}))
+    assert (given["temperature"], given["top_k"]) == (1.2, 0)
+    assert "temperature" not in stage_settings(FinetuneConfig.from_flat({"stage": "dpo"}))
