@@ -90,7 +90,14 @@ def run(name: str, case: str, settings: dict, epochs: float | None) -> dict:
             "dev_kept_share": kept.share, "dev_gained": kept.gained,
             "lost": [item["prompt"] for item in kept.lost], "train_s": round(train_s, 1),
             "chosen": ft.chosen_defaults.get("rule"), "replay_rows": ft.data_stats.get("self_replay_rows"),
-            "train_loss": metrics.get("train_loss"), "created": time.strftime("%Y-%m-%d %H:%M")}
+            "train_loss": metrics.get("train_loss"), "adapter_shrink": metrics.get("adapter_shrink"),
+            "created": time.strftime("%Y-%m-%d %H:%M")}
+
+
+def _scale(r: dict) -> str:
+    """The adapter scale the run ended with: '-' before the shrink existed or where it was off."""
+    shrink = r.get("adapter_shrink")
+    return f"{shrink['scale']:.2f}" if shrink else "-"
 
 
 def summarise(path: Path) -> str:
@@ -100,13 +107,13 @@ def summarise(path: Path) -> str:
              "measure (facts12: the 12 answers given; tasks: held-out exact match); kept = dev items "
              "the base answered right and still answers right after training. The test half was "
              "not used.", "",
-             "| experiment | case | settings | epochs | success | dev kept | replay rows | train s |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| experiment | case | settings | epochs | success | dev kept | replay rows | adapter scale | train s |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         settings = ", ".join([f"{k}={v}" for k, v in r["settings"].items()] + r.get("patch", [])) or "defaults"
         lines.append(f"| {r['name']} | {r['case']} | {settings} | {r['epochs'] or 'auto'} | "
                      f"{r['success']:.0%} | {r['dev_kept']}/{r['dev_base_right']} "
-                     f"({r['dev_kept_share']:.0%}) | {r['replay_rows']} | {r['train_s']:.0f} |")
+                     f"({r['dev_kept_share']:.0%}) | {r['replay_rows']} | {_scale(r)} | {r['train_s']:.0f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -37,6 +37,7 @@ from .train import defaults as auto_defaults
 from .train.distill import add_teacher_targets, without_targets
 from .train.estimate import before_training
 from .train.rewards import no_signal_warning, reward_functions
+from .train.shrink import shrink_adapter
 from .train.stages import drop_reference_adapter, stage_settings
 from .train.guards import NonFiniteGuard, StopFileCallback, run_trainer
 from .train.loss import uses_labelled_loss
@@ -225,6 +226,7 @@ class FineTuner:
         `checkpoint-*` in `output_dir` (or from the checkpoint folder given): adapter, optimizer,
         scheduler, RNG and data position are restored. A folder that holds another run is
         refused unless `overwrite_output_dir=True` (its contents are deleted first)."""
+        called = time.time()
         self._check_train_arguments(output_dir, num_train_epochs, eval_before, overwrite_output_dir)
         cfg = self.config.training
         eval_before = cfg.eval_before if eval_before is None else eval_before
@@ -251,19 +253,28 @@ class FineTuner:
             encoder_decoder=self.is_encoder_decoder)
         self.prepared.stats["packed"] = getattr(self.trainer_config, "packed", None)  # as trained
         self.estimate = before_training(self, trainer, args)  # logged; kept in the run record
-        trainer.add_callback(meter_callback(self.model, train_set, out, args, self.device,
-                                            head_everywhere=not uses_labelled_loss(trainer)))
+        meter = meter_callback(self.model, train_set, out, args, self.device,
+                               head_everywhere=not uses_labelled_loss(trainer))
+        trainer.add_callback(meter)
         trainer.add_callback(NonFiniteGuard(self.model, out))
         stopper = StopFileCallback(out)
         trainer.add_callback(stopper)
         if args.process_index == 0:  # the settings first: a crashed run can be resumed from them
             write_text_atomic(out / "config.yaml", self.resolved_config(args, out).to_yaml())
         metrics = run_trainer(trainer, checkpoint, args)
+        if meter.first_step_at is not None:  # what a second run on the same model should keep short
+            metrics["seconds_to_first_step"] = round(meter.first_step_at - called, 1)
+            logger.info("The first optimizer step began %.1f s after train() was called.",
+                        metrics["seconds_to_first_step"])
         if self.stage == "grpo" and (hint := no_signal_warning(trainer.state.log_history,
                                                                args.num_generations)):
             logger.warning(hint)
             metrics["reward_signal_warning"] = hint
         drop_reference_adapter(self.model)
+        if self._shrinks(args):  # before the evaluation and the probe: they measure what is saved
+            shrunk = shrink_adapter(self.model, self.tokenizer, prepared.train, self.device)
+            metrics["adapter_shrink"] = shrunk.to_dict()
+            logger.info(shrunk.line())
         after = None
         if prepared.split.held_out is not None:
             metrics.update(trainer.evaluate())
@@ -319,6 +330,13 @@ class FineTuner:
             n_tokens=auto_defaults.token_count(prepared.train),
             replay_rows=self.config.training.self_replay_rows, stage=self.stage)
         return self.chosen_defaults["replay_rows"]
+
+    def _shrinks(self, args) -> bool:
+        """Whether this run ends by shrinking its adapter (`train/shrink.py`): a LoRA/QLoRA sft
+        run of a decoder-only model in one process, with `adapter_shrink` on."""
+        return bool(self.config.training.adapter_shrink and self.stage == "sft"
+                    and self.config.method.method != "full" and not self.is_encoder_decoder
+                    and args.world_size == 1)
 
     def _replay_possible(self, prepared: PreparedData) -> bool:
         """Self-replay needs a decoder-only chat model whose prompts are wrapped in its template

@@ -1,4 +1,6 @@
 """The real embedded model (SmolLM2-135M-Instruct): answers, 4-bit, and learns."""
+import contextlib
+
 import pytest
 import torch
 
@@ -46,15 +48,54 @@ DOZEN_FACTS = [
 ]
 
 
+GENERAL_TEXT = ["The weather today is sunny and", "My favourite book is about", "Water boils at",
+                "She opened the door and saw"]
+
+
+def _next_token_kl_to_base(ft) -> float:
+    """Mean KL(base || model) of next-token distributions over general text; the base is the
+    same model with its adapter switched off."""
+    enc = ft.tokenizer(GENERAL_TEXT, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        logp = ft.model(**enc).logits.float().log_softmax(-1)
+        with ft.model.disable_adapter():
+            base = ft.model(**enc).logits.float().log_softmax(-1)
+    return float((base.exp() * (base - logp)).sum(-1)[enc["attention_mask"].bool()].mean())
+
+
+@contextlib.contextmanager
+def _scaled(model, factor: float):
+    """Every LoRA layer's update multiplied by `factor` (PEFT's own per-layer scaling)."""
+    from peft.tuners.lora import LoraLayer
+
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    saved = [dict(m.scaling) for m in layers]
+    for m in layers:
+        for k in m.scaling:
+            m.scaling[k] *= factor
+    try:
+        yield
+    finally:
+        for m, scaling in zip(layers, saved):
+            m.scaling.update(scaling)
+
+
 def test_defaults_learn_a_dozen_facts_and_keep_general_answers(tmp_path):
     rows = [{"prompt": q, "completion": a} for q, a in DOZEN_FACTS]
     ft = FineTuner(device="cpu", max_length=24, dataset_name=rows, save_strategy="no", disable_tqdm=True)
     assert "Paris" in ft("What is the capital of France?")
     assert sum(a.lower() in ft(q).lower() for q, a in DOZEN_FACTS) <= 1
-    ft.train(str(tmp_path / "run"))  # no learning rate, epochs or LoRA settings given
+    metrics = ft.train(str(tmp_path / "run"))  # no learning rate, epochs or LoRA settings given
     answers = [ft(q) for q, _ in DOZEN_FACTS]
     learned = [a.lower() in got.lower() for (_, a), got in zip(DOZEN_FACTS, answers)]
     assert sum(learned) >= 11, list(zip(DOZEN_FACTS, answers))
+    # the adapter was shrunk (train/shrink.py) and the facts above are what the shrunk one gives;
+    # undone, the update moves the next-token distributions on general text further from the base
+    scale = metrics["adapter_shrink"]["scale"]
+    assert scale < 1.0 and metrics["adapter_shrink"]["learned"] >= 11, metrics["adapter_shrink"]
+    shrunk_kl = _next_token_kl_to_base(ft)
+    with _scaled(ft.model, 1 / scale):
+        assert _next_token_kl_to_base(ft) > shrunk_kl
     assert "Paris" in ft("What is the capital of France?")
     assert "Tokyo" in ft("What is the capital of Japan?")
     reloaded = FineTuner(str(tmp_path / "run"), device="cpu", max_length=24)

@@ -1,6 +1,7 @@
 """Training end to end on tiny models: loss goes down, base frozen, adapter moved, files written,
 the saved adapter reloads with the same logits; bad input fails before anything is written."""
 import json
+import time
 
 import pytest
 import torch
@@ -34,10 +35,14 @@ def test_training_learns_and_saves(tiny_models, tmp_path, kind):
     before_loss = mean_loss(ft)
     base_before, lora_before = snapshot(ft.model, False), snapshot(ft.model, True)
     out = tmp_path / "run"
+    called = time.time()
     metrics = ft.train(str(out), num_train_epochs=8)
+    returned = time.time()
     after_loss = mean_loss(ft)
     assert after_loss < before_loss * 0.85, (before_loss, after_loss)
     assert metrics["train_loss"] > 0 and metrics["epoch"] == pytest.approx(8)
+    # the start-up figure lies within the call, and before its end (8 epochs came after it)
+    assert 0 < metrics["seconds_to_first_step"] < returned - called
     for name, value in snapshot(ft.model, False).items():
         torch.testing.assert_close(value, base_before[name], msg=name)  # base frozen
     assert any(not torch.equal(v, lora_before[n]) for n, v in snapshot(ft.model, True).items())

@@ -189,13 +189,17 @@ class TrainingConfig:
     retention_probe: bool = _opt(True, "Before and after training, ask 40 general prompts with "
                                  "checkable answers (chat models; ~30 s for a 135M model on a CPU) "
                                  "and report how many answers the model kept.")
+    adapter_shrink: bool = _opt(True, "After LoRA training, scale the adapter's update down to the "
+                                "smallest scale at which the training answers it learned are still "
+                                "given (checked on up to 32 training rows): keeps more of what the "
+                                "model knew.")
 
 
 # TrainingConfig fields that are ours, not TrainingArguments fields.
 NOT_TRAINING_ARGUMENTS = frozenset({"eval_before", "self_replay", "self_replay_rows", "packing",
                                     "self_replay_distill", "retention_probe", "overwrite_output_dir",
                                     "stage", "beta", "num_generations", "max_completion_length",
-                                    "reward_funcs", "reward_weights"})
+                                    "reward_funcs", "reward_weights", "adapter_shrink"})
 STAGE_SETTINGS = ("beta", "num_generations", "max_completion_length", "reward_funcs", "reward_weights")
 
 SECTIONS: dict[str, type] = {"model": ModelArguments, "method": MethodArguments, "data": DataArguments,

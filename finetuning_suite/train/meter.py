@@ -73,6 +73,7 @@ class RunReportCallback(TrainerCallback):
         self.flops_per_token = float(flops_per_token) if flops_per_token else None
         self.peak_flops = float(peak_flops) if peak_flops else None
         self._t0: float | None = None
+        self.first_step_at: float | None = None  # unix time the run's first optimizer step began
 
     # Timing. `_paused` accumulates seconds spent in evaluation and checkpoint saving: Trainer
     # runs them after `on_step_end` and signals their end with `on_evaluate` / `on_save`.
@@ -97,6 +98,10 @@ class RunReportCallback(TrainerCallback):
                      "elapsed_s": 0.0, "time": time.time(), "tokens_counted": self._counting,
                      "flops_per_token": self.flops_per_token, "peak_flops": self.peak_flops,
                      "max_steps": state.max_steps})
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.first_step_at is None:
+            self.first_step_at = time.time()
 
     def on_step_end(self, args, state, control, **kwargs):
         if self._t0 is not None:

@@ -174,6 +174,11 @@ def _render_html(run_record: dict, records: list[dict], before: dict | None, aft
                          f"<td class=num>{e(_fmt(a))}</td><td class='num {css}'>{e(delta)}</td></tr>")
         parts.append("</table>")
 
+    shrunk = (run_record.get("metrics") or {}).get("adapter_shrink")
+    if isinstance(shrunk, dict) and shrunk.get("line"):
+        parts.append("<h2>Adapter scale</h2>")
+        parts.append(f"<p>{e(shrunk['line'])} Scales tried, with the learned training answers "
+                     f"still given: {e(', '.join(f'{k}: {v}' for k, v in (shrunk.get('tried') or {}).items()))}.</p>")
     kept = (run_record.get("metrics") or {}).get("retention")
     if isinstance(kept, dict):
         parts.append("<h2>Did it forget? General prompts asked before and after</h2>")
