@@ -10,8 +10,9 @@
   word.
 - `sums` (GRPO): "What is 7 plus 5? Answer with just the number."; the base model answers in
   sentences or wrongly. Run: `FineTuner(dataset_name="sums", stage="grpo",
-  reward_funcs=["exact_match:answer"], max_length=64).train()`. Measure: the share of held-out
-  prompts answered with the number alone (the reward at its maximum).
+  reward_funcs=["exact_match:answer", "contains:answer", "brevity:1"], reward_weights=[2, 1, 1],
+  max_length=64).train()` (the rewards and weights chosen on the validation rows: exact match
+  alone gave no signal). Measure: the share of held-out prompts answered with the number alone.
 
 Held-out rows are each task's *test* split (the stage defaults were chosen on the validation
 split; neither is trained on). Also per run: EOS rate of the held-out answers, retention on the
@@ -33,7 +34,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 RESULTS = Path(__file__).resolve().parent / "results"
-TASKS = {"concise": {"stage": "dpo"}, "sums": {"stage": "grpo", "reward_funcs": ["exact_match:answer"]}}
+TASKS = {"concise": {"stage": "dpo"},
+         "sums": {"stage": "grpo", "reward_funcs": ["exact_match:answer", "contains:answer", "brevity:1"],
+                  "reward_weights": [2, 1, 1]}}
 SHORT_WORDS = 4
 RESULT_NAME = "stages"
 MAX_NEW_TOKENS = 48
