@@ -65,19 +65,19 @@ def _next_token_kl_to_base(ft) -> float:
 
 @contextlib.contextmanager
 def _scaled(model, factor: float):
-    """Every LoRA layer's update multiplied by `factor` (PEFT's own per-layer scaling)."""
+    """Every LoRA layer's update at `factor` x its alpha/r (PEFT's own `set_scale`)."""
     from peft.tuners.lora import LoraLayer
 
     layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
-    saved = [dict(m.scaling) for m in layers]
     for m in layers:
-        for k in m.scaling:
-            m.scaling[k] *= factor
+        for k in list(m.scaling):
+            m.set_scale(k, factor)
     try:
         yield
     finally:
-        for m, scaling in zip(layers, saved):
-            m.scaling.update(scaling)
+        for m in layers:
+            for k in list(m.scaling):
+                m.set_scale(k, 1.0)
 
 
 def test_defaults_learn_a_dozen_facts_and_keep_general_answers(tmp_path):

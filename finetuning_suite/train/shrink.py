@@ -29,8 +29,8 @@ weights are sharded or replicated per process), preference and reward stages (th
 not a reproduced answer), and rows trained on their inputs (no prompt/answer boundary).
 `adapter_shrink=False` keeps the adapter as trained.
 
-Written here, not taken from a library: PEFT can rescale an adapter (`LoraLayer.scale_layer`)
-but nothing chooses the scale from the training data.
+Written here, not taken from a library: PEFT sets an adapter's scale (`LoraLayer.set_scale`,
+used here) but nothing chooses the scale from the training data.
 """
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def answer_rows(dataset, max_rows: int = MAX_ROWS) -> list[tuple[list[int], list
     n = len(dataset)
     if not n or "labels" not in dataset.column_names:
         return []
-    step = max(1, n // max_rows)
+    step = max(1, -(-n // max_rows))  # ceil: the picks spread over the whole set
     out = []
     for i in range(0, n, step):
         ids, labels = dataset[i]["input_ids"], dataset[i]["labels"]
@@ -94,10 +94,11 @@ def _lora_layers(model):
     return [m for m in model.modules() if isinstance(m, LoraLayer)]
 
 
-def _set_scale(layers, base: list[dict], scale: float) -> None:
-    for layer, scaling in zip(layers, base):
-        for name, value in scaling.items():
-            layer.scaling[name] = value * scale
+def _set_scale(layers, scale: float) -> None:
+    """Every adapter of every layer at `scale` x its configured alpha/r (PEFT's `set_scale`)."""
+    for layer in layers:
+        for name in list(layer.scaling):
+            layer.set_scale(name, scale)
 
 
 def _given(model, tokenizer, rows, device) -> list[bool]:
@@ -129,7 +130,6 @@ def shrink_adapter(model, tokenizer, dataset, device, *, min_scale: float = MIN_
     if not rows:
         return ShrinkResult(1.0, 0, 0, reason="no training row has a prompt and a labelled answer to check")
     model.eval()
-    base = [dict(layer.scaling) for layer in layers]
     try:
         at_full = _given(model, tokenizer, rows, device)
         learned = [row for row, ok in zip(rows, at_full) if ok]
@@ -140,7 +140,7 @@ def shrink_adapter(model, tokenizer, dataset, device, *, min_scale: float = MIN_
         low, high = min_scale, 1.0  # high: the smallest scale known to keep every learned answer
         for _ in range(steps):
             mid = round((low + high) / 2, 4)
-            _set_scale(layers, base, mid)
+            _set_scale(layers, mid)
             kept = sum(_given(model, tokenizer, learned, device))
             result.tried[mid] = kept
             if kept == len(learned):
@@ -151,7 +151,7 @@ def shrink_adapter(model, tokenizer, dataset, device, *, min_scale: float = MIN_
         if high == 1.0:
             result.reason = "a smaller scale lost some of the training answers"
     finally:
-        _set_scale(layers, base, 1.0)
+        _set_scale(layers, 1.0)
     if result.scale < 1.0:
         for layer in layers:
             for name in layer.scaling:
