@@ -1,6 +1,8 @@
 """Where a training step spends its time: torch.profiler over optimizer steps of the speed bench's
 workload (`bench/speed.py`), for the defaults' adapter (all-linear LoRA, dropout 0.05) and the
-bare one (q_proj/v_proj, no dropout), in fp32 and under bf16 autocast, at the same batch.
+bare one (q_proj/v_proj, no dropout), in fp32 and under bf16 autocast, at the same batch;
+`all_linear_torch_dropout` is the defaults' adapter with PEFT's `nn.Dropout` kept (what the
+package's cheaper CPU mask, `model/dropout.py`, replaces).
 
     .venv/bin/python bench/profile_step.py                   # 4 settings, 3 profiled steps each
     .venv/bin/python bench/profile_step.py --adapters all_linear --precisions bf16
@@ -23,11 +25,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 RESULTS = ROOT / "bench" / "results"
 ADAPTERS = {"all_linear": dict(lora_target_modules="all-linear"),  # the defaults' adapter
+            # the same with PEFT's own nn.Dropout left in place (the package swaps in LoraDropout)
+            "all_linear_torch_dropout": dict(lora_target_modules="all-linear"),
             "qv": dict(lora_target_modules=["q_proj", "v_proj"], lora_dropout=0.0)}
+TORCH_DROPOUT = {"all_linear_torch_dropout"}
 PRECISIONS = ("fp32", "bf16")
 KINDS = [("matmul", ("mm", "addmm", "bmm", "matmul", "linear")),
          ("cast", ("_to_copy", "copy_", "to")),
-         ("dropout", ("dropout", "bernoulli", "native_dropout")),
+         ("dropout", ("dropout", "bernoulli", "native_dropout")),  # LoraDropout's draw (random_, ge) falls in "other"
          ("attention", ("scaled_dot_product", "_scaled_dot_product", "_flash", "softmax")),
          ("loss", ("_log_softmax", "log_softmax", "nll_loss", "cross_entropy")),
          ("optimizer", ("_foreach", "adam", "addcdiv", "lerp")),
@@ -49,7 +54,11 @@ def profile_one(adapter: str, precision: str, steps: int, warmup: int) -> dict:
     from transformers import TrainerCallback
 
     from finetuning_suite import DefaultTrainerConfig, FineTuner
+    from finetuning_suite.model import methods
     from speed import BATCH, LR, MAX_LENGTH, workload
+
+    if adapter in TORCH_DROPOUT:
+        methods.use_fast_dropout = lambda model: 0
 
     state = {"times": []}
 
@@ -88,7 +97,12 @@ def profile_one(adapter: str, precision: str, steps: int, warmup: int) -> dict:
     for op, t in ops:
         by_kind[kind(op)] = by_kind.get(kind(op), 0.0) + t
     top = sorted(ops, key=lambda x: -x[1])[:12]
+    import platform
+
+    from finetuning_suite.train.machine import cpu_model
+
     return {"adapter": adapter, "precision": precision, "batch": BATCH, "profiled_steps": steps,
+            "machine": f"{cpu_model() or platform.processor()}, {torch.get_num_threads()} threads",
             "median_step_s": sorted(state["times"])[len(state["times"]) // 2],
             "self_cpu_s": round(total, 3),
             "share_by_kind": {k: round(v / total, 3) for k, v in sorted(by_kind.items(), key=lambda x: -x[1])},
@@ -100,7 +114,7 @@ def markdown(results: list[dict]) -> str:
     lines = ["# Where a training step spends its time", "",
              "`bench/profile_step.py`: the speed bench's 48 rows, the embedded model, batch 8, torch.profiler "
              "over the steps after the first; self CPU time of the operators grouped by kind. Each setting in "
-             "its own process, one run.", "",
+             f"its own process, one run. Machine: {results[0].get('machine', 'not recorded')}.", "",
              "| adapter | precision | median step s | " + " | ".join(kinds) + " |",
              "|---|---|---|" + "---|" * len(kinds)]
     for r in results:
