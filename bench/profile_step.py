@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 import subprocess
 import sys
 import tempfile
@@ -54,11 +55,11 @@ def profile_one(adapter: str, precision: str, steps: int, warmup: int) -> dict:
     from transformers import TrainerCallback
 
     from finetuning_suite import DefaultTrainerConfig, FineTuner
-    from finetuning_suite.model import methods
-    from speed import BATCH, LR, MAX_LENGTH, workload
+    from finetuning_suite.train.machine import cpu_model
+    from speed import BATCH, LR, MAX_LENGTH, keep_torch_dropout, workload
 
     if adapter in TORCH_DROPOUT:
-        methods.use_fast_dropout = lambda model: 0
+        keep_torch_dropout()
 
     state = {"times": []}
 
@@ -97,10 +98,6 @@ def profile_one(adapter: str, precision: str, steps: int, warmup: int) -> dict:
     for op, t in ops:
         by_kind[kind(op)] = by_kind.get(kind(op), 0.0) + t
     top = sorted(ops, key=lambda x: -x[1])[:12]
-    import platform
-
-    from finetuning_suite.train.machine import cpu_model
-
     return {"adapter": adapter, "precision": precision, "batch": BATCH, "profiled_steps": steps,
             "machine": f"{cpu_model() or platform.processor()}, {torch.get_num_threads()} threads",
             "median_step_s": sorted(state["times"])[len(state["times"]) // 2],

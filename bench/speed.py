@@ -55,8 +55,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-CONFIGS = ["ours_defaults", "ours_defaults_fp32", "ours_all_linear_b8", "ours_all_linear_b8_torch_dropout", "ours_qv", "ours_qv_bf16", "ours_qlora_qv",
-           "hf_trainer_qv", "hf_trainer_qv_bf16", "seed_padded_qv", "trl_sft_defaults_qv"]
+CONFIGS = ["ours_defaults", "ours_defaults_fp32", "ours_all_linear_b8", "ours_all_linear_b8_torch_dropout",
+           "ours_qv", "ours_qv_bf16", "ours_qlora_qv", "hf_trainer_qv", "hf_trainer_qv_bf16", "seed_padded_qv", "trl_sft_defaults_qv"]
 BATCH, LR, MAX_LENGTH, N_EXAMPLES, STEPS = 8, 1e-3, 512, 48, 6
 QV = dict(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
 
@@ -169,6 +169,14 @@ def _peft_model():
     return get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **QV)), tok
 
 
+def keep_torch_dropout() -> None:
+    """For this process: LoRA layers keep PEFT's `nn.Dropout` (the package would swap in its
+    `LoraDropout`, `model/dropout.py`): the A/B rows that price that swap."""
+    from finetuning_suite.model import methods
+
+    methods.use_fast_dropout = lambda model: None
+
+
 def run_config(name: str, out: str) -> dict:
     """Train configuration `name` once; what it measured."""
     import torch
@@ -198,9 +206,7 @@ def run_config(name: str, out: str) -> dict:
         else:
             settings = _bare_args(out, bf16=name.endswith("_bf16"))
             if name.endswith("_torch_dropout"):
-                from finetuning_suite.model import methods
-
-                methods.use_fast_dropout = lambda model: 0
+                keep_torch_dropout()
             adapter = (dict(lora_target_modules="all-linear") if name.startswith("ours_all_linear_b8") else
                        dict(lora_target_modules=QV["target_modules"], lora_dropout=0.0))
             ft = FineTuner(device="cpu", dataset_name=rows, self_replay=False, retention_probe=False, trainer_config=Measured(**settings),

@@ -7,14 +7,17 @@ training step in fp32 and 23% under bf16, more than all its matmuls (`bench/prof
 uniforms: an element is dropped where its uniform is among the lowest `round(p * 2**16)` of the
 2**16 values, and kept elements are scaled by `1 / (1 - p')`, `p' = round(p * 2**16) / 2**16`
 being the probability actually drawn (0.0500031 for 0.05), so the output's expectation is the
-input, as with `nn.Dropout`. The mask is kept as booleans for the backward (one byte per element, as torch's
-own). Off a CPU (where torch's dropout is a fused kernel) and in eval mode it is `nn.Dropout`.
+input, as with `nn.Dropout`. The mask is kept as booleans for the backward (one byte per
+element, as torch's own). Off a CPU (where torch's dropout is a fused kernel) and in eval mode
+it is `nn.Dropout`.
 
 Written here, not taken from a library: neither torch nor PEFT offers a cheaper CPU dropout.
 `use_fast_dropout(model)` swaps it in for every LoRA layer's dropout; it has no weights, so the
 saved adapter is unchanged.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -34,9 +37,7 @@ def _dropped_values(p: float) -> int:
 def keep_mask(shape, p: float) -> torch.Tensor:
     """Booleans of `shape`, each True with probability 1 - drawn_probability(p), from the CPU's
     default generator (so `torch.manual_seed` and the Trainer's seed make them repeat)."""
-    n = 1
-    for size in shape:
-        n *= size
+    n = math.prod(shape)
     words = torch.empty(-(-n // 4), dtype=torch.int64).random_(-(1 << 63), None)  # 64 random bits each
     uniforms = words.view(torch.int16)[:n].view(shape)  # four uniform int16 per word
     return uniforms >= -(1 << 15) + _dropped_values(p)
@@ -59,24 +60,20 @@ class LoraDropout(nn.Dropout):
     """`nn.Dropout(p)` with the cheaper mask above on CPU tensors in training mode."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0 or x.device.type != "cpu":
+        if not self.training or x.device.type != "cpu":
             return super().forward(x)
-        dropped = _dropped_values(self.p)
-        if dropped == 0:
+        drawn = drawn_probability(self.p)
+        if drawn == 0:
             return x
-        return _MaskedScale.apply(x, keep_mask(x.shape, self.p), _ONE / (_ONE - dropped))
+        return _MaskedScale.apply(x, keep_mask(x.shape, self.p), 1 / (1 - drawn))
 
 
-def use_fast_dropout(model) -> int:
-    """Every LoRA layer's `nn.Dropout` replaced by a `LoraDropout` of the same p; returns how many."""
+def use_fast_dropout(model) -> None:
+    """Every LoRA layer's `nn.Dropout` replaced by a `LoraDropout` of the same p."""
     from peft.tuners.lora import LoraLayer
 
-    swapped = 0
     for module in model.modules():
-        if not isinstance(module, LoraLayer):
-            continue
-        for name, dropout in list(module.lora_dropout.items()):
-            if type(dropout) is nn.Dropout:
-                module.lora_dropout[name] = LoraDropout(dropout.p)
-                swapped += 1
-    return swapped
+        if isinstance(module, LoraLayer):
+            for name, dropout in list(module.lora_dropout.items()):
+                if type(dropout) is nn.Dropout:
+                    module.lora_dropout[name] = LoraDropout(dropout.p)
